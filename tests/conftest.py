@@ -1,0 +1,21 @@
+"""Test-wide set-up: four fake CPU devices and one prepared data directory.
+
+XLA reads its flags once, when JAX first initialises a backend, so the flag is
+set here, before any test module imports JAX. Every test then sees four CPU
+devices; single-device code simply runs on the first.
+"""
+
+import os
+
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
+)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A tfds data directory shared by all tests; builders prepare into it."""
+  return str(tmp_path_factory.mktemp('tensorflow_datasets'))

