@@ -11,7 +11,6 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import tensorflow as tf
 
 from train import trainer
 
@@ -32,10 +31,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-
-  # tf.data feeds the input pipeline; keep TensorFlow off any accelerator so
-  # that JAX owns its memory.
-  tf.config.set_visible_devices([], 'GPU')
 
   logging.info(
     'JAX process %d of %d, local devices: %s',
