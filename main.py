@@ -28,6 +28,22 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv):
+  """Parses flags; exits with a clear message on an unknown config field."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as err:
+    # ml_collections raises these, with only the missing key as the message,
+    # when an override names a field that the config file does not define.
+    field = str(err.args[0]).strip('\'"')
+    overrides = [arg for arg in argv[1:] if arg.startswith('--config.')]
+    raise SystemExit(
+      f'Unknown config field {field!r} in the overrides '
+      f'{" ".join(overrides)}. Override only fields that the config file '
+      'defines; its get_config() lists them.'
+    ) from err
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -42,4 +58,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -41,8 +41,18 @@ def restore_latest(manager, state):
 
   Returns:
     The restored state, or `state` unchanged when there is no checkpoint.
+
+  Raises:
+    ValueError: the checkpoint's arrays do not fit `state`, for example
+      because the model widths changed since the checkpoint was written.
   """
   step = manager.latest_step()
   if step is None:
     return state
-  return manager.restore(step, args=ocp.args.StandardRestore(state))
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(state))
+  except ValueError as err:
+    raise ValueError(
+      f'The checkpoint at step {step} in {manager.directory} does not fit '
+      f'the model and optimizer of this config: {err}'
+    ) from err

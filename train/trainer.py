@@ -23,6 +23,7 @@ from train import input_pipeline
 from train import steps
 from train import train_state
 from train import validation
+from train import workdir as run_files
 from train import writers
 
 
@@ -98,10 +99,19 @@ def _grid_images(builder, config):
   return batch['image'][batch['mask']][:count]
 
 
-def _write_config(config, workdir):
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def _restore(manager, state, workdir, config):
+  """Restores the newest checkpoint, naming the config fields that changed."""
+  try:
+    return checkpointing.restore_latest(manager, state)
+  except ValueError as err:
+    manager.close()
+    saved = run_files.read_config(workdir)
+    changes = run_files.config_changes(saved, config) if saved else []
+    raise ValueError(
+      f'{err}\nConfig fields changed since the checkpoint was written: '
+      f'{"; ".join(changes) or "unknown (no config.json)"}. Resume with the '
+      'config the run started with, or use a new --workdir.'
+    ) from err
 
 
 def _check_finite(step, metrics):
@@ -137,18 +147,15 @@ def train_and_evaluate(config, workdir):
     process_count=jax.process_count(),
   )
 
+  # Model and state. Resume order: build a fresh state from the seed,
+  # overwrite it with the newest checkpoint if there is one, then write the
+  # workdir's files and start the input pipeline from the restored step.
   os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
-  writer = writers.MetricWriter(workdir)
-
-  # Model, state and losses. Resume order: build a fresh state from the seed,
-  # overwrite it with the newest checkpoint if there is one, then start the
-  # input pipeline from the restored step.
   model = autoencoder.create_model(config.model, image_shape)
   rng = jax.random.key(config.seed)
   state = train_state.create_train_state(config, model, image_shape, rng)
   manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
-  state = checkpointing.restore_latest(manager, state)
+  state = _restore(manager, state, workdir, config)
   initial_step = int(state.step)
   if initial_step:
     logging.info('Resumed from the checkpoint at step %d.', initial_step)
@@ -158,6 +165,16 @@ def train_and_evaluate(config, workdir):
     device_count,
     image_shape,
   )
+
+  run_files.write_config(workdir, config, step=initial_step)
+  dropped = run_files.drop_metrics_after(workdir, initial_step or -1)
+  if dropped:
+    logging.info(
+      'Removed %d metric rows logged after step %d by an interrupted run.',
+      dropped,
+      initial_step,
+    )
+  writer = writers.MetricWriter(workdir)
 
   encode_features = autoencoder.feature_extractor(model)
   loss_fn = composite.make_loss(config.loss, encode_features=encode_features)

@@ -4,6 +4,7 @@ Every error is a `ValueError` whose message names the config field, the value
 and the fix.
 """
 
+import math
 import numbers
 
 from losses import composite
@@ -32,6 +33,14 @@ def _check_int(config, field, *, minimum):
     raise ValueError(f'config.{field} must be at least {minimum}, got {value}.')
 
 
+def _is_finite_number(value):
+  return (
+    isinstance(value, numbers.Real)
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+  )
+
+
 def _check_choice(field, value, choices):
   if value not in choices:
     raise ValueError(
@@ -53,17 +62,16 @@ def validate_config(config):
   for field in _NON_NEGATIVE_INTS:
     _check_int(config, field, minimum=0)
 
-  for field in ('learning_rate',):
-    value = config[field]
-    if not isinstance(value, numbers.Real) or not value > 0:
-      raise ValueError(
-        f'config.{field} must be a positive number, got {value!r}.'
-      )
-  if not isinstance(config.weight_decay, numbers.Real) or (
-    config.weight_decay < 0
-  ):
+  learning_rate = config.learning_rate
+  if not _is_finite_number(learning_rate) or learning_rate <= 0:
     raise ValueError(
-      f'config.weight_decay must be a number >= 0, got {config.weight_decay!r}.'
+      'config.learning_rate must be a positive finite number, '
+      f'got {learning_rate!r}.'
+    )
+  weight_decay = config.weight_decay
+  if not _is_finite_number(weight_decay) or weight_decay < 0:
+    raise ValueError(
+      f'config.weight_decay must be a finite number >= 0, got {weight_decay!r}.'
     )
   if config.warmup_steps > config.num_train_steps:
     raise ValueError(

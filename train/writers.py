@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from train import workdir as run_files
+
 
 class MetricWriter:
   """Writes scalars to the log, TensorBoard and a JSON-lines file.
@@ -29,7 +31,7 @@ class MetricWriter:
     self._jsonl = None
     if self._is_writer:
       self._summary = tensorboard.SummaryWriter(workdir)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._jsonl = open(os.path.join(workdir, run_files.METRICS_FILE), 'a')
 
   def write_scalars(self, step, scalars):
     """Logs `scalars` (name -> number) at `step`."""

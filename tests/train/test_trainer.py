@@ -106,7 +106,9 @@ def test_short_run_lowers_test_loss(data_dir, tmp_path):
   [
     ('batch_size', 18, 'batch_size=18 does not divide by the 4 devices'),
     ('optimizer', 'adagrad', 'adagrad'),
-    ('learning_rate', -1.0, 'learning_rate must be a positive number'),
+    ('learning_rate', -1.0, 'learning_rate must be a positive finite'),
+    ('learning_rate', float('inf'), 'learning_rate must be a positive finite'),
+    ('weight_decay', float('nan'), 'weight_decay must be a finite number'),
     ('num_train_steps', 0, 'num_train_steps must be at least 1'),
   ],
 )
@@ -133,3 +135,46 @@ def test_image_too_small_for_model(data_dir, tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_resume_with_other_model_fails_clearly(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(_config(data_dir, num_train_steps=10), workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved_config = f.read()
+  changed = _config(data_dir, num_train_steps=20)
+  changed.model.widths = (4,)
+
+  with pytest.raises(ValueError, match=r'model\.widths: \[8\] -> \[4\]'):
+    trainer.train_and_evaluate(changed, workdir)
+
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == saved_config
+  assert _train_steps(_read_metrics(workdir)) == [5, 10]
+
+
+def test_resume_with_changed_loss_keeps_old_config(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(_config(data_dir, num_train_steps=10), workdir)
+  changed = _config(data_dir, num_train_steps=20)
+  changed.loss.terms.edge.weight = 0.5
+
+  trainer.train_and_evaluate(changed, workdir)
+
+  with open(os.path.join(workdir, 'config_until_step_10.json')) as f:
+    assert json.load(f)['loss']['terms']['edge']['weight'] == 0.1
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['loss']['terms']['edge']['weight'] == 0.5
+
+
+def test_resume_drops_rows_of_interrupted_run(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(_config(data_dir, num_train_steps=10), workdir)
+  # Rows that a run killed after step 15, before its next checkpoint at
+  # step 20, would have left behind.
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': 15, 'train/loss': 1.0}) + '\n')
+
+  trainer.train_and_evaluate(_config(data_dir, num_train_steps=20), workdir)
+
+  assert _train_steps(_read_metrics(workdir)) == [5, 10, 15, 20]
