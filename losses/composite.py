@@ -2,28 +2,56 @@
 
 The loss compares a batch of NHWC images x of shape [B, H, W, C] in [0, 1]
 with the autoencoder's logits of the same shape. The reconstruction is
-x_hat = sigmoid(logits). Each term is a distance D from `losses.distances`
-applied after a transform from `losses.transforms`:
+x_hat = sigmoid(logits). Most terms are a distance D from `losses.distances`
+applied after a transform from `losses.transforms`. The ssim, ms_ssim and tv
+terms are computed directly:
 
   pixel       D(x, x_hat). With distance 'bce' it is the binary
               cross-entropy between the logits and targets x.
-  edge        D(Sobel(x), Sobel(x_hat)).
+  edge        D(E(x), E(x_hat)) for a 3x3 edge kernel E, Sobel by default.
   mean_shift  D(x - mean(x), x_hat - mean(x_hat)), means per image and channel.
+  standardized
+              D(S(x), S(x_hat)), where S(x) = (x - mean(x)) / std(x) per
+              image and channel, see `transforms.standardize`.
   gram        D(Gram(Enc(x)), Gram(Enc(x_hat))) for each listed encoder
               feature map, averaged over the maps.
+  ssim        1 - SSIM(x, x_hat), see `losses.structural.ssim`.
+  ms_ssim     1 - MS-SSIM(x, x_hat), see `losses.structural.ms_ssim`.
+  tv          total variation of x_hat alone, see
+              `losses.regularizers.total_variation`.
+  fourier     D(|FFT2(x)|, |FFT2(x_hat)|), amplitude spectra over H and W
+              per image and channel, see `transforms.fourier_amplitude`.
 
 Config schema, one optional entry per term under `loss.terms`:
 
   pixel:      weight, distance
   edge:       weight, distance, output ('components' or 'magnitude',
-              default 'components')
+              default 'components'), kernel ('sobel', 'scharr', 'prewitt',
+              'laplacian' or 'central', default 'sobel'), padding
+              ('reflect', 'replicate' or 'zero', default 'reflect')
   mean_shift: weight, distance
+  standardized: weight, distance
   gram:       weight, distance, layers (encoder feature map indices),
               normalization ('none', 'hw' or 'chw', default 'chw')
+  ssim:       weight, window ('gaussian' or 'uniform', default
+              'gaussian'), window_size (odd, default 11), sigma (default
+              1.5), k1 (default 0.01), k2 (default 0.03)
+  ms_ssim:    the fields of ssim
+  tv:         weight
+  fourier:    weight, distance
 
-Any term may also set `delta` (used by the 'huber' distance) and `epsilon`
-(used by 'charbonnier'). The Sobel magnitude of the edge term keeps the
-default epsilon of `transforms.sobel` and ignores this field. All values are
+The ssim, ms_ssim and tv terms have no distance. The ssim and ms_ssim window
+must fit inside the images. The config alone does not know the image size,
+so the trainer checks the window against the dataset before compiling, and
+the loss function checks it again when traced. MS-SSIM uses as
+many of its five scales as the window fits (`losses.structural.ms_ssim_scales`)
+and logs the count when traced.
+
+Any term with a distance may also set `delta` (used by the 'huber' distance),
+`epsilon` (used by 'charbonnier'), and `alpha` and `scale` (used by 'robust',
+defaults 1.0 and 0.1). The edge magnitude keeps the default epsilon of
+`transforms.edge_map`, and the standardized term that of
+`transforms.standardize`, so neither reads this field. All values are
 computed in float32 and every term returns one value per example, shape [B].
 The caller reduces over the batch.
 """
@@ -31,6 +59,7 @@ The caller reduces over the batch.
 from collections.abc import Callable
 from collections.abc import Sequence
 import functools
+import logging
 import math
 import numbers
 from typing import Any
@@ -39,27 +68,61 @@ import jax
 import jax.numpy as jnp
 
 from losses import distances
+from losses import regularizers
+from losses import structural
 from losses import transforms
 
-TERMS = ('pixel', 'edge', 'mean_shift', 'gram')
+TERMS = (
+  'pixel',
+  'edge',
+  'mean_shift',
+  'gram',
+  'ssim',
+  'ms_ssim',
+  'tv',
+  'standardized',
+  'fourier',
+)
+# Terms built on structural similarity, 1 - SSIM or 1 - MS-SSIM.
+_STRUCTURAL_TERMS = ('ssim', 'ms_ssim')
 
 # Binary cross-entropy reads logits, so it is valid only on the pixel term.
 _BCE = 'bce'
 _DISTANCE_CHOICES = (*distances.DISTANCES, _BCE)
 
 # Options of a distance, keyed by the distance's config name.
-_DISTANCE_OPTIONS = {'huber': 'delta', 'charbonnier': 'epsilon'}
+_DISTANCE_OPTIONS = {
+  'huber': ('delta',),
+  'charbonnier': ('epsilon',),
+  'robust': ('alpha', 'scale'),
+}
 
-_COMMON_FIELDS = ('weight', 'distance', 'delta', 'epsilon')
+_COMMON_FIELDS = ('weight', 'distance', 'delta', 'epsilon', 'alpha', 'scale')
+_STRUCTURAL_FIELDS = ('weight', 'window', 'window_size', 'sigma', 'k1', 'k2')
 _TERM_FIELDS = {
   'pixel': _COMMON_FIELDS,
-  'edge': (*_COMMON_FIELDS, 'output'),
+  'edge': (*_COMMON_FIELDS, 'output', 'kernel', 'padding'),
   'mean_shift': _COMMON_FIELDS,
   'gram': (*_COMMON_FIELDS, 'layers', 'normalization'),
+  'ssim': _STRUCTURAL_FIELDS,
+  'ms_ssim': _STRUCTURAL_FIELDS,
+  'tv': ('weight',),
+  'standardized': _COMMON_FIELDS,
+  'fourier': _COMMON_FIELDS,
 }
 
 _DEFAULT_EDGE_OUTPUT = 'components'
+_DEFAULT_EDGE_KERNEL = 'sobel'
+_DEFAULT_EDGE_PADDING = 'reflect'
 _DEFAULT_GRAM_NORMALIZATION = 'chw'
+# Defaults of the structural terms, those of `losses.structural.ssim`.
+_STRUCTURAL_DEFAULTS = {
+  'window': 'gaussian',
+  'window_size': 11,
+  'sigma': 1.5,
+  'k1': 0.01,
+  'k2': 0.03,
+}
 
 # encode_features(params, images) -> the encoder's NHWC feature maps.
 EncodeFeatures = Callable[[Any, jax.Array], Sequence[jax.Array]]
@@ -92,6 +155,17 @@ def _validate_positive_option(field: str, value: Any) -> None:
     raise ValueError(
       f'{field} is {value!r}, which is invalid. Set it to a positive finite '
       f'number or remove it to use the default.'
+    )
+
+
+def _validate_alpha(field: str, value: Any) -> None:
+  if value is None:
+    return
+
+  if not _is_real_number(value) or math.isnan(value) or value == math.inf:
+    raise ValueError(
+      f'{field} is {value!r}, which is invalid. Set it to a real number or '
+      f"float('-inf'), such as 1.0, or remove it to use the default."
     )
 
 
@@ -173,6 +247,27 @@ def _validate_layers(
     raise ValueError(f'{field} is {layers!r}, which repeats an index. {fix}.')
 
 
+def _validate_window_size(field: str, value: Any) -> None:
+  is_integer = isinstance(value, numbers.Integral) and not isinstance(
+    value, bool
+  )
+  if not is_integer or value < 1 or value % 2 == 0:
+    raise ValueError(
+      f'{field} is {value!r}, which is invalid. Set it to an odd positive '
+      f'integer no larger than the image height and width, such as 11, or 7 '
+      f'for small images.'
+    )
+
+
+def _validate_structural_term(prefix: str, term: Any) -> None:
+  window = term.get('window', _STRUCTURAL_DEFAULTS['window'])
+  _validate_choice(f'{prefix}.window', window, structural.WINDOWS)
+  window_size = term.get('window_size', _STRUCTURAL_DEFAULTS['window_size'])
+  _validate_window_size(f'{prefix}.window_size', window_size)
+  for option in ('sigma', 'k1', 'k2'):
+    _validate_positive_option(f'{prefix}.{option}', term.get(option))
+
+
 def _validate_choice(field: str, value: Any, choices: Sequence[str]) -> None:
   if value not in choices:
     raise ValueError(
@@ -197,13 +292,26 @@ def _validate_term(name: str, term: Any, num_feature_maps: int | None) -> None:
       )
 
   _validate_weight(f'{prefix}.weight', term.get('weight'))
+  if name in _STRUCTURAL_TERMS:
+    _validate_structural_term(prefix, term)
+    return
+
+  if name == 'tv':
+    return
+
   _validate_distance(name, f'{prefix}.distance', term.get('distance'))
   _validate_positive_option(f'{prefix}.delta', term.get('delta'))
   _validate_positive_option(f'{prefix}.epsilon', term.get('epsilon'))
+  _validate_alpha(f'{prefix}.alpha', term.get('alpha'))
+  _validate_positive_option(f'{prefix}.scale', term.get('scale'))
 
   if name == 'edge':
     output = term.get('output', _DEFAULT_EDGE_OUTPUT)
-    _validate_choice(f'{prefix}.output', output, transforms.SOBEL_OUTPUTS)
+    _validate_choice(f'{prefix}.output', output, transforms.EDGE_OUTPUTS)
+    kernel = term.get('kernel', _DEFAULT_EDGE_KERNEL)
+    _validate_choice(f'{prefix}.kernel', kernel, transforms.EDGE_KERNELS)
+    padding = term.get('padding', _DEFAULT_EDGE_PADDING)
+    _validate_choice(f'{prefix}.padding', padding, transforms.EDGE_PADDINGS)
 
   if name == 'gram':
     normalization = term.get('normalization', _DEFAULT_GRAM_NORMALIZATION)
@@ -220,9 +328,16 @@ def validate(loss_config: Any, *, num_feature_maps: int | None = None) -> None:
 
   - The term name is one of TERMS, and every field is known for that term.
   - `weight` is a finite number >= 0.
-  - `distance` is known, and 'bce' appears only on the pixel term.
-  - `delta` and `epsilon`, when set, are positive finite numbers.
-  - The edge `output` and the gram `normalization` are known choices.
+  - `distance` is known, and 'bce' appears only on the pixel term. The ssim,
+    ms_ssim and tv terms have no distance.
+  - `delta`, `epsilon` and `scale`, when set, are positive finite numbers,
+    and `alpha` is a real number or -inf.
+  - The edge `output`, `kernel` and `padding` and the gram `normalization`
+    are known choices.
+  - The ssim and ms_ssim `window` is a known choice, `window_size` is an odd
+    positive integer, and `sigma`, `k1` and `k2`, when set, are positive
+    finite numbers. Whether the window fits the images is checked when the
+    loss function is traced.
   - The gram `layers` are a non-empty tuple of distinct indices >= 0.
 
   At least one term must have a positive weight. Each message names the config
@@ -276,12 +391,15 @@ def _make_distance(term: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
   name = term.get('distance')
   distance = distances.DISTANCES[name]
 
-  option = _DISTANCE_OPTIONS.get(name)
-  value = term.get(option) if option is not None else None
-  if value is None:
-    return distance
+  options = {}
+  for option in _DISTANCE_OPTIONS.get(name, ()):
+    value = term.get(option)
+    if value is not None:
+      options[option] = float(value)
 
-  return functools.partial(distance, **{option: float(value)})
+  if not options:
+    return distance
+  return functools.partial(distance, **options)
 
 
 def _make_pixel_term(term: Any) -> _TermFn:
@@ -302,11 +420,15 @@ def _make_pixel_term(term: Any) -> _TermFn:
 
 def _make_edge_term(term: Any) -> _TermFn:
   distance = _make_distance(term)
-  output = term.get('output', _DEFAULT_EDGE_OUTPUT)
+  options = {
+    'output': term.get('output', _DEFAULT_EDGE_OUTPUT),
+    'kernel': term.get('kernel', _DEFAULT_EDGE_KERNEL),
+    'padding': term.get('padding', _DEFAULT_EDGE_PADDING),
+  }
 
   def edge_term(params, images, logits, reconstructions):
-    target_edges = transforms.sobel(images, output=output)
-    reconstruction_edges = transforms.sobel(reconstructions, output=output)
+    target_edges = transforms.edge_map(images, **options)
+    reconstruction_edges = transforms.edge_map(reconstructions, **options)
     return distance(target_edges, reconstruction_edges)
 
   return edge_term
@@ -321,6 +443,32 @@ def _make_mean_shift_term(term: Any) -> _TermFn:
     return distance(target_shifted, reconstruction_shifted)
 
   return mean_shift_term
+
+
+def _make_standardized_term(term: Any) -> _TermFn:
+  distance = _make_distance(term)
+
+  def standardized_term(params, images, logits, reconstructions):
+    target_standardized = transforms.standardize(images)
+    reconstruction_standardized = transforms.standardize(reconstructions)
+    return distance(target_standardized, reconstruction_standardized)
+
+  return standardized_term
+
+
+def _make_fourier_term(term: Any) -> _TermFn:
+  distance = _make_distance(term)
+
+  def fourier_term(params, images, logits, reconstructions):
+    target_amplitude = transforms.fourier_amplitude(images)
+    reconstruction_amplitude = transforms.fourier_amplitude(reconstructions)
+    return distance(target_amplitude, reconstruction_amplitude)
+
+  return fourier_term
+
+
+def _tv_term(params, images, logits, reconstructions):
+  return regularizers.total_variation(reconstructions)
 
 
 def _make_gram_term(term: Any, encode_features: EncodeFeatures) -> _TermFn:
@@ -358,6 +506,43 @@ def _make_gram_term(term: Any, encode_features: EncodeFeatures) -> _TermFn:
     return jnp.mean(jnp.stack(per_layer), axis=0)
 
   return gram_term
+
+
+def _make_structural_term(name: str, term: Any) -> _TermFn:
+  options = {
+    option: term.get(option, default)
+    for option, default in _STRUCTURAL_DEFAULTS.items()
+  }
+  for option in ('sigma', 'k1', 'k2'):
+    options[option] = float(options[option])
+  options['window_size'] = int(options['window_size'])
+  similarity = structural.ssim if name == 'ssim' else structural.ms_ssim
+  window_size = options['window_size']
+
+  def structural_term(params, images, logits, reconstructions):
+    _, height, width, _ = images.shape
+    if window_size > min(height, width):
+      raise ValueError(
+        f'loss.terms.{name}.window_size is {window_size}, which is larger '
+        f'than the {height}x{width} images. Set it to an odd number no '
+        f'larger than {min(height, width)}.'
+      )
+
+    if name == 'ms_ssim':
+      scales = structural.ms_ssim_scales(height, width, window_size=window_size)
+      logging.info(
+        'loss.terms.ms_ssim uses %d of %d scales for %dx%d images with '
+        'window_size %d.',
+        scales,
+        len(structural.MS_SSIM_WEIGHTS),
+        height,
+        width,
+        window_size,
+      )
+
+    return 1.0 - similarity(reconstructions, images, **options)
+
+  return structural_term
 
 
 def _check_batch(images: jax.Array, logits: jax.Array) -> None:
@@ -409,8 +594,9 @@ def make_loss(
 
   Returns:
     The jit-compiled `loss_fn`. It raises ValueError when traced if images
-    are not rank 4, if logits have a different shape, or if a gram layer
-    index is not below the number of feature maps.
+    are not rank 4, if logits have a different shape, if a gram layer index
+    is not below the number of feature maps, or if the window of a computed
+    ssim or ms_ssim term is larger than the image height or width.
 
   Raises:
     ValueError: if the config is invalid, or if the gram term is computed and
@@ -443,8 +629,16 @@ def make_loss(
       term_fns[name] = _make_edge_term(term)
     elif name == 'mean_shift':
       term_fns[name] = _make_mean_shift_term(term)
-    else:
+    elif name == 'gram':
       term_fns[name] = _make_gram_term(term, encode_features)
+    elif name == 'standardized':
+      term_fns[name] = _make_standardized_term(term)
+    elif name == 'tv':
+      term_fns[name] = _tv_term
+    elif name == 'fourier':
+      term_fns[name] = _make_fourier_term(term)
+    else:
+      term_fns[name] = _make_structural_term(name, term)
 
   def loss_fn(params, images, logits):
     _check_batch(images, logits)

@@ -6,12 +6,14 @@ shape [B]. Each value is the mean of the elementwise term over every non-batch
 axis, and the caller reduces over the batch. Shapes are checked when the
 function is traced, and a mismatch raises ValueError.
 
-Float options (`delta`, `epsilon`, `data_range`) are static arguments, so they
-must be Python numbers, and each new value compiles a new function.
+Float options (`delta`, `epsilon`, `alpha`, `scale`, `data_range`) are static
+arguments, so they must be Python numbers, and each new value compiles a new
+function.
 """
 
 from collections.abc import Callable
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -166,6 +168,85 @@ def charbonnier(
 
 
 @jax.jit
+def log_cosh(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Compute the mean log-cosh loss per example, mean(log(cosh(a - b))).
+
+  Each element is about d^2 / 2 for small d = a - b and about |d| - log(2)
+  for large d, with the gradient tanh(d). It is evaluated as
+  |d| + log1p(expm1(-2|d|) / 2), which equals log(cosh(d)), does not
+  overflow for large |d| and keeps float32 precision for small |d|, where
+  log(cosh(d)) would round to 0.
+
+  Args:
+    a: array of shape [B, ...].
+    b: array of the same shape as `a`.
+
+  Returns:
+    float32 array of shape [B].
+  """
+  _check_pair('log_cosh', a, b)
+  difference = a.astype(jnp.float32) - b.astype(jnp.float32)
+
+  absolute = jnp.abs(difference)
+  elementwise = absolute + jnp.log1p(0.5 * jnp.expm1(-2.0 * absolute))
+  return _mean_per_example(elementwise)
+
+
+def _check_alpha(name: str, alpha: float) -> None:
+  if math.isnan(alpha) or alpha == math.inf:
+    raise ValueError(
+      f'{name}: alpha must be a real number or -inf, got {alpha!r}.'
+    )
+
+
+@functools.partial(jax.jit, static_argnames=('alpha', 'scale'))
+def robust(
+  a: jax.Array, b: jax.Array, *, alpha: float = 1.0, scale: float = 0.1
+) -> jax.Array:
+  """Compute the mean of Barron's general robust loss per example.
+
+  With z = ((a - b) / scale)^2, each element contributes
+  |alpha - 2| / alpha * ((z / |alpha - 2| + 1)^(alpha / 2) - 1), from J. T.
+  Barron, "A General and Adaptive Robust Loss Function", CVPR 2019. alpha
+  and scale are fixed here, not learned. The formula is undefined at
+  alpha = 0, alpha = 2 and alpha = -inf, so those use their limits: z / 2
+  for alpha = 2 (L2), log(z / 2 + 1) for alpha = 0 (Cauchy) and
+  1 - exp(-z / 2) for alpha = -inf (Welsch). alpha = 1 gives
+  sqrt(z + 1) - 1, a Charbonnier loss, and alpha = -2 Geman-McClure. The
+  power is evaluated as expm1(alpha / 2 * log1p(z / |alpha - 2|)), which
+  stays accurate for alpha near 0.
+
+  Args:
+    a: array of shape [B, ...].
+    b: array of the same shape as `a`.
+    alpha: shape parameter, any real number or float('-inf'). Smaller values
+      penalise large differences less.
+    scale: positive width of the quadratic bowl around 0, in the units of a
+      and b.
+
+  Returns:
+    float32 array of shape [B].
+  """
+  _check_pair('robust', a, b)
+  _check_alpha('robust', alpha)
+  _check_positive('robust', 'scale', scale)
+  difference = a.astype(jnp.float32) - b.astype(jnp.float32)
+  squared = jnp.square(difference / scale)
+
+  if alpha == 2.0:
+    elementwise = 0.5 * squared
+  elif alpha == 0.0:
+    elementwise = jnp.log1p(0.5 * squared)
+  elif alpha == -math.inf:
+    elementwise = -jnp.expm1(-0.5 * squared)
+  else:
+    shift = abs(alpha - 2.0)
+    power = jnp.expm1(0.5 * alpha * jnp.log1p(squared / shift))
+    elementwise = shift / alpha * power
+  return _mean_per_example(elementwise)
+
+
+@jax.jit
 def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Compute the mean binary cross-entropy per example from logits.
 
@@ -232,4 +313,6 @@ DISTANCES: dict[str, Callable[..., jax.Array]] = {
   'rmse': rmse,
   'huber': huber,
   'charbonnier': charbonnier,
+  'log_cosh': log_cosh,
+  'robust': robust,
 }

@@ -1,4 +1,4 @@
-"""Image transforms applied before a distance: Sobel edges, mean shift, Gram.
+"""Image transforms applied before a distance: edges, normalisation, Gram.
 
 Every function takes NHWC arrays of shape [B, H, W, C], usually images in
 [0, 1] or encoder feature maps, casts them to float32 whatever their dtype and
@@ -13,15 +13,43 @@ import jax.numpy as jnp
 import numpy as np
 
 SOBEL_OUTPUTS = ('components', 'magnitude')
+EDGE_OUTPUTS = SOBEL_OUTPUTS
+EDGE_KERNELS = ('sobel', 'scharr', 'prewitt', 'laplacian', 'central')
 GRAM_NORMALIZATIONS = ('none', 'hw', 'chw')
 
-# Sobel kernels in correlation order, indexed [dy, dx] with offsets -1, 0, 1.
-# Each is a central difference [-1, 0, 1] along its own axis times the
-# smoothing [1, 2, 1] along the other, as in scipy.ndimage.sobel.
-_DIFFERENCE = np.array([-1.0, 0.0, 1.0], dtype=np.float32)
-_SMOOTHING = np.array([1.0, 2.0, 1.0], dtype=np.float32)
-_SOBEL_Y = np.outer(_DIFFERENCE, _SMOOTHING)
-_SOBEL_X = np.outer(_SMOOTHING, _DIFFERENCE)
+# Border modes of `edge_map`, mapped to their numpy.pad mode. 'reflect'
+# repeats the edge pixel (d c b a | a b c d), which numpy calls 'symmetric'
+# and scipy.ndimage calls 'reflect'. 'replicate' is scipy's 'nearest' and
+# 'zero' is scipy's 'constant' with cval 0.
+EDGE_PADDINGS = ('reflect', 'replicate', 'zero')
+_NUMPY_PAD_MODES = {
+  'reflect': 'symmetric',
+  'replicate': 'edge',
+  'zero': 'constant',
+}
+
+
+def _gradient_pair(smoothing: list[float]) -> np.ndarray:
+  """Return [d/dy, d/dx] 3x3 kernels: [-1, 0, 1] times `smoothing` across."""
+  difference = np.array([-1.0, 0.0, 1.0])
+  across = np.array(smoothing)
+  return np.stack([np.outer(difference, across), np.outer(across, difference)])
+
+
+# Kernels in correlation order, indexed [component, dy, dx] with offsets -1,
+# 0, 1. The gradient kernels are a difference [-1, 0, 1] along their own axis
+# times a smoothing across it: [1, 2, 1] for Sobel and [1, 1, 1] for Prewitt,
+# as in scipy.ndimage.sobel and scipy.ndimage.prewitt, and [3, 10, 3] for
+# Scharr. 'central' is the unsmoothed central difference [-1, 0, 1] / 2, and
+# 'laplacian' the 5-point Laplacian of scipy.ndimage.laplace, with one
+# component.
+_EDGE_KERNELS = {
+  'sobel': _gradient_pair([1.0, 2.0, 1.0]),
+  'scharr': _gradient_pair([3.0, 10.0, 3.0]),
+  'prewitt': _gradient_pair([1.0, 1.0, 1.0]),
+  'central': _gradient_pair([0.0, 0.5, 0.0]),
+  'laplacian': np.array([[[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]]),
+}
 
 
 def _check_nhwc(name: str, images: jax.Array) -> None:
@@ -32,13 +60,118 @@ def _check_nhwc(name: str, images: jax.Array) -> None:
     )
 
 
+@functools.partial(
+  jax.jit, static_argnames=('kernel', 'output', 'padding', 'epsilon')
+)
+def edge_map(
+  images: jax.Array,
+  *,
+  kernel: str = 'sobel',
+  output: str = 'components',
+  padding: str = 'reflect',
+  epsilon: float = 1e-6,
+) -> jax.Array:
+  """Compute edge maps of each channel with a fixed 3x3 kernel.
+
+  The kernel runs over every channel separately in one depthwise convolution,
+  after padding the border by 1 pixel. Each component equals the matching
+  scipy.ndimage filter on the 2-D slice images[b, :, :, c] with the matching
+  mode, up to float32 rounding: sobel, prewitt and laplace, correlate1d with
+  [-0.5, 0, 0.5] for 'central', and correlate with the Scharr kernel.
+  d/dy is the difference along H (row below minus row above) and d/dx along
+  W (right column minus left column).
+
+  Args:
+    images: array of shape [B, H, W, C].
+    kernel: 'sobel', 'scharr' or 'prewitt' (a difference smoothed across its
+      axis), 'central' (unsmoothed [-1, 0, 1] / 2), each with the components
+      d/dy and d/dx, or 'laplacian' (5-point), with one component.
+    output: 'components' returns every component of every channel.
+      'magnitude' returns sqrt(sum of squared components + epsilon) per
+      channel.
+    padding: border mode. 'reflect' repeats the edge pixel
+      (d c b a | a b c d), which scipy.ndimage calls 'reflect'. 'replicate'
+      copies the edge pixel (scipy's 'nearest'), and 'zero' pads zeros
+      (scipy's 'constant').
+    epsilon: positive constant added inside the square root of the magnitude,
+      so that the gradient stays finite on flat regions. Used only when
+      output is 'magnitude'.
+
+  Returns:
+    For 'components', float32 array of shape [B, H, W, K * C], where K is 2
+    for the gradient kernels and 1 for 'laplacian'. Channel K * c + k is
+    component k (0 is d/dy, 1 is d/dx) of input channel c. For 'magnitude',
+    float32 array of shape [B, H, W, C].
+  """
+  return _edge_map('edge_map', images, kernel, output, padding, epsilon)
+
+
+def _edge_map(
+  name: str,
+  images: jax.Array,
+  kernel: str,
+  output: str,
+  padding: str,
+  epsilon: float,
+) -> jax.Array:
+  """Implement `edge_map`, naming `name` in error messages."""
+  _check_nhwc(name, images)
+  for option, value, choices in (
+    ('kernel', kernel, EDGE_KERNELS),
+    ('output', output, EDGE_OUTPUTS),
+    ('padding', padding, EDGE_PADDINGS),
+  ):
+    if value not in choices:
+      raise ValueError(
+        f'{name}: {option} must be one of {choices}, got {value!r}.'
+      )
+
+  if output == 'magnitude' and not epsilon > 0:
+    raise ValueError(
+      f'{name}: epsilon must be positive for the magnitude, so that its '
+      f'gradient is finite on flat images, got {epsilon!r}.'
+    )
+
+  images = images.astype(jnp.float32)
+  channels = images.shape[-1]
+  padded = jnp.pad(
+    images,
+    ((0, 0), (1, 1), (1, 1), (0, 0)),
+    mode=_NUMPY_PAD_MODES[padding],
+  )
+
+  # Kernel layout HWIO with one input channel per group. Group c owns output
+  # channels K * c to K * c + K - 1, which sets the documented order.
+  components_per_channel = np.moveaxis(_EDGE_KERNELS[kernel], 0, -1)
+  weights = np.tile(components_per_channel, (1, 1, channels))[:, :, None, :]
+
+  components = jax.lax.conv_general_dilated(
+    padded,
+    jnp.asarray(weights, dtype=jnp.float32),
+    window_strides=(1, 1),
+    padding='VALID',
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=channels,
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  if output == 'components':
+    return components
+
+  count = _EDGE_KERNELS[kernel].shape[0]
+  squared = jnp.square(components).reshape(
+    (*components.shape[:3], channels, count)
+  )
+  return jnp.sqrt(jnp.sum(squared, axis=-1) + epsilon)
+
+
 @functools.partial(jax.jit, static_argnames=('output', 'epsilon'))
 def sobel(
   images: jax.Array, *, output: str = 'components', epsilon: float = 1e-6
 ) -> jax.Array:
   """Compute Sobel edge maps of each channel.
 
-  Fixed 3x3 Sobel kernels run over every channel separately in one depthwise
+  The same as `edge_map(images, kernel='sobel', padding='reflect')`. Fixed
+  3x3 Sobel kernels run over every channel separately in one depthwise
   convolution. The border is padded by 1 pixel in numpy's 'symmetric' mode
   (d c b a | a b c d | d c b a), which is scipy.ndimage's default 'reflect'
   mode. So each component equals scipy.ndimage.sobel on the 2-D slice
@@ -60,42 +193,7 @@ def sobel(
     2 * c is d/dy of input channel c and channel 2 * c + 1 is d/dx of it. For
     'magnitude', float32 array of shape [B, H, W, C].
   """
-  _check_nhwc('sobel', images)
-  if output not in SOBEL_OUTPUTS:
-    raise ValueError(
-      f'sobel: output must be one of {SOBEL_OUTPUTS}, got {output!r}.'
-    )
-
-  if output == 'magnitude' and not epsilon > 0:
-    raise ValueError(
-      f'sobel: epsilon must be positive for the magnitude, so that its '
-      f'gradient is finite on flat images, got {epsilon!r}.'
-    )
-
-  images = images.astype(jnp.float32)
-  channels = images.shape[-1]
-  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='symmetric')
-
-  # Kernel layout HWIO with one input channel per group. Group c owns output
-  # channels 2c (d/dy) and 2c+1 (d/dx), which sets the documented order.
-  pair = np.stack([_SOBEL_Y, _SOBEL_X], axis=-1)
-  kernel = np.tile(pair, (1, 1, channels))[:, :, None, :]
-
-  components = jax.lax.conv_general_dilated(
-    padded,
-    jnp.asarray(kernel),
-    window_strides=(1, 1),
-    padding='VALID',
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    feature_group_count=channels,
-    precision=jax.lax.Precision.HIGHEST,
-  )
-  if output == 'components':
-    return components
-
-  gradient_y = components[..., 0::2]
-  gradient_x = components[..., 1::2]
-  return jnp.sqrt(jnp.square(gradient_y) + jnp.square(gradient_x) + epsilon)
+  return _edge_map('sobel', images, 'sobel', output, 'reflect', epsilon)
 
 
 @jax.jit
@@ -115,6 +213,69 @@ def mean_shift(images: jax.Array) -> jax.Array:
   _check_nhwc('mean_shift', images)
   images = images.astype(jnp.float32)
   return images - jnp.mean(images, axis=(1, 2), keepdims=True)
+
+
+@functools.partial(jax.jit, static_argnames=('epsilon',))
+def standardize(images: jax.Array, *, epsilon: float = 1e-6) -> jax.Array:
+  """Standardise each image per channel to zero mean and unit variance.
+
+  The output is (x - mean) / sqrt(var + epsilon), with the mean and the
+  population variance over H and W of each image and channel. Mapping one
+  channel of an image to a * x + b with a > 0 leaves the output unchanged up
+  to the epsilon, so a distance between standardised images ignores global
+  brightness and contrast changes.
+
+  Args:
+    images: array of shape [B, H, W, C].
+    epsilon: positive constant added to the variance, so that flat channels
+      map to 0 and the gradient stays finite. It matters only where the
+      variance is not much larger than epsilon.
+
+  Returns:
+    float32 array of shape [B, H, W, C].
+  """
+  _check_nhwc('standardize', images)
+  if not epsilon > 0:
+    raise ValueError(
+      f'standardize: epsilon must be positive, so that flat channels have a '
+      f'finite output and gradient, got {epsilon!r}.'
+    )
+
+  images = images.astype(jnp.float32)
+  centred = images - jnp.mean(images, axis=(1, 2), keepdims=True)
+  variance = jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True)
+  return centred / jnp.sqrt(variance + epsilon)
+
+
+@jax.jit
+def fourier_amplitude(images: jax.Array) -> jax.Array:
+  """Compute the amplitude spectrum |FFT2(x)| of each image and channel.
+
+  The 2-D discrete Fourier transform runs over H and W with the orthonormal
+  scaling 1 / sqrt(H * W), as numpy.fft.fft2(x, axes=(1, 2), norm='ortho'),
+  so by Parseval's theorem the squared amplitudes sum to the sum of squared
+  pixels. The phase is discarded, so the output does not change when an
+  image is shifted circularly. Where an amplitude is exactly 0 its gradient
+  is defined as 0, because the derivative of |z| is undefined at z = 0.
+
+  Args:
+    images: array of shape [B, H, W, C].
+
+  Returns:
+    float32 array of shape [B, H, W, C], where [b, u, v, c] is the amplitude
+    at frequency index u along H and v along W, zero frequency first.
+  """
+  _check_nhwc('fourier_amplitude', images)
+  images = images.astype(jnp.float32)
+
+  spectrum = jnp.fft.fft2(images, axes=(1, 2), norm='ortho')
+  power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+
+  # jnp.where differentiates both branches, so the sqrt must never see 0. The
+  # inner where feeds it 1 instead, and the outer one discards that result.
+  is_positive = power > 0
+  safe_power = jnp.where(is_positive, power, 1.0)
+  return jnp.where(is_positive, jnp.sqrt(safe_power), 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=('normalization',))

@@ -137,7 +137,9 @@ def train_and_evaluate(config, workdir):
   """
   # Reject a bad config before touching the workdir or compiling.
   validation.validate_config(config)
-  builder = input_pipeline.get_builder(config.data.name, config.data.data_dir)
+  builder = input_pipeline.get_builder(
+    config.data.name, config.data.data_dir, download=config.data.download
+  )
   image_shape = input_pipeline.image_shape(builder)
   device_count = jax.local_device_count()
   validation.validate_for_data(

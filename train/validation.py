@@ -123,6 +123,17 @@ def validate_for_data(config, *, image_shape, device_count, process_count):
       'a dataset whose height and width divide by that.'
     )
 
+  # Every configured term is evaluated, so a structural term's window must
+  # fit even when its weight is 0.
+  for name in ('ssim', 'ms_ssim'):
+    term = config.loss.terms.get(name)
+    if term is not None and term.get('window_size', 0) > min(height, width):
+      raise ValueError(
+        f'loss.terms.{name}.window_size={term.window_size} is larger than '
+        f'the {height}x{width} images of {config.data.name}; set it to at '
+        f'most {min(height, width)}, or remove the term from the config.'
+      )
+
   total_devices = device_count * process_count
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] % total_devices:

@@ -6,18 +6,26 @@ neighbouring test files, and the algebraic identities that each term must
 satisfy (shift invariance, held-fixed encoder, weighted total).
 """
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from losses import composite
 from losses import distances
+from losses import regularizers
+from losses import structural
 from losses import transforms
 
 SHAPE = (2, 8, 8, 3)
 DISTANCE_NAMES = ('mse', 'mae', 'rmse', 'huber', 'charbonnier')
+# Newer distances run on the pixel term only in the slow per-term tests,
+# because test_distances checks them on their own.
+ALL_DISTANCE_NAMES = (*DISTANCE_NAMES, 'log_cosh', 'robust')
 
 
 def make_params(seed=0):
@@ -62,12 +70,19 @@ def full_terms():
       'layers': (0, 1),
       'normalization': 'chw',
     },
+    'tv': {'weight': 0.0},
+    'standardized': {'weight': 0.0, 'distance': 'mae'},
+    'fourier': {'weight': 0.0, 'distance': 'mse'},
+    'ssim': {'weight': 0.0, 'window_size': 5},
+    'ms_ssim': {'weight': 0.0, 'window': 'uniform', 'window_size': 3},
   }
 
 
 def term_config(term, distance, **fields):
   """Return a config where only `term` is present, with weight 1."""
-  settings = {'weight': 1.0, 'distance': distance, **fields}
+  settings = {'weight': 1.0, **fields}
+  if distance is not None:
+    settings['distance'] = distance
   if term == 'gram':
     settings.setdefault('layers', (0, 1))
   return make_config(**{term: settings})
@@ -107,7 +122,9 @@ HARD_BATCHES = {
   'zeros_random_logits': lambda: (jnp.zeros(SHAPE), random_batch()[1]),
 }
 
-TERM_CASES = [('pixel', distance, {}) for distance in (*DISTANCE_NAMES, 'bce')]
+TERM_CASES = [
+  ('pixel', distance, {}) for distance in (*ALL_DISTANCE_NAMES, 'bce')
+]
 TERM_CASES += [
   ('edge', distance, {'output': output})
   for distance in DISTANCE_NAMES
@@ -115,6 +132,13 @@ TERM_CASES += [
 ]
 TERM_CASES += [('mean_shift', distance, {}) for distance in DISTANCE_NAMES]
 TERM_CASES += [('gram', distance, {}) for distance in DISTANCE_NAMES]
+TERM_CASES += [('standardized', distance, {}) for distance in ('mse', 'rmse')]
+TERM_CASES += [('fourier', distance, {}) for distance in ('mse', 'rmse')]
+TERM_CASES += [
+  ('edge', 'mse', {'kernel': 'scharr', 'padding': 'replicate'}),
+  ('edge', 'rmse', {'kernel': 'laplacian', 'padding': 'zero'}),
+  ('edge', 'mae', {'kernel': 'central', 'output': 'magnitude'}),
+]
 
 
 def case_id(case):
@@ -270,6 +294,8 @@ def test_edge_matches_direct_sobel():
   [
     ('huber', 'delta', 0.05, distances.huber),
     ('charbonnier', 'epsilon', 0.2, distances.charbonnier),
+    ('robust', 'alpha', -3.0, distances.robust),
+    ('robust', 'scale', 0.5, distances.robust),
   ],
 )
 def test_distance_option_read_from_config(distance, field, value, function):
@@ -293,6 +319,11 @@ def weighted_terms():
   terms['edge']['weight'] = 2.0
   terms['mean_shift']['weight'] = 1.5
   terms['gram']['weight'] = 0.25
+  terms['tv']['weight'] = 0.1
+  terms['standardized']['weight'] = 0.6
+  terms['fourier']['weight'] = 0.4
+  terms['ssim']['weight'] = 0.75
+  terms['ms_ssim']['weight'] = 0.3
   return terms
 
 
@@ -402,9 +433,69 @@ def set_field(terms, path, value):
 # Each message must name the config field and the rejected value.
 REJECTED_CONFIGS = {
   'unknown_term': (
+    lambda terms: {**terms, 'lpips': {'weight': 1.0, 'distance': 'mse'}},
+    r'loss\.terms\.lpips is not a known term',
+    "'pixel', 'edge', 'mean_shift', 'gram', 'ssim', 'ms_ssim', 'tv'",
+  ),
+  'unknown_edge_kernel': (
+    lambda terms: set_field(terms, ('edge', 'kernel'), 'canny'),
+    r"loss\.terms\.edge\.kernel is 'canny', which is invalid",
+    "'sobel', 'scharr', 'prewitt', 'laplacian', 'central'",
+  ),
+  'unknown_edge_padding': (
+    lambda terms: set_field(terms, ('edge', 'padding'), 'wrap'),
+    r"loss\.terms\.edge\.padding is 'wrap', which is invalid",
+    "'reflect', 'replicate', 'zero'",
+  ),
+  'nan_alpha': (
+    lambda terms: set_field(terms, ('pixel', 'alpha'), float('nan')),
+    r'loss\.terms\.pixel\.alpha is nan, which is invalid',
+    "float('-inf')",
+  ),
+  'string_alpha': (
+    lambda terms: set_field(terms, ('standardized', 'alpha'), '1'),
+    r"loss\.terms\.standardized\.alpha is '1', which is invalid",
+    'real number',
+  ),
+  'nonpositive_scale': (
+    lambda terms: set_field(terms, ('edge', 'scale'), 0.0),
+    r'loss\.terms\.edge\.scale is 0\.0, which is invalid',
+    'positive finite number',
+  ),
+  'tv_distance_field': (
+    lambda terms: set_field(terms, ('tv', 'distance'), 'mse'),
+    r'loss\.terms\.tv\.distance is not a known field',
+    "Valid fields: 'weight'.",
+  ),
+  'standardized_bce': (
+    lambda terms: set_field(terms, ('standardized', 'distance'), 'bce'),
+    r"loss\.terms\.standardized\.distance is 'bce'",
+    'only on loss.terms.pixel',
+  ),
+  'ssim_unknown_window': (
+    lambda terms: {**terms, 'ssim': {'weight': 1.0, 'window': 'box'}},
+    r"loss\.terms\.ssim\.window is 'box', which is invalid",
+    "'gaussian', 'uniform'",
+  ),
+  'ms_ssim_even_window_size': (
+    lambda terms: {**terms, 'ms_ssim': {'weight': 1.0, 'window_size': 8}},
+    r'loss\.terms\.ms_ssim\.window_size is 8, which is invalid',
+    'odd positive integer',
+  ),
+  'ssim_float_window_size': (
+    lambda terms: {**terms, 'ssim': {'weight': 1.0, 'window_size': 7.0}},
+    r'loss\.terms\.ssim\.window_size is 7\.0, which is invalid',
+    'odd positive integer',
+  ),
+  'ssim_nonpositive_sigma': (
+    lambda terms: {**terms, 'ssim': {'weight': 1.0, 'sigma': 0.0}},
+    r'loss\.terms\.ssim\.sigma is 0\.0, which is invalid',
+    'positive finite number',
+  ),
+  'ssim_distance_field': (
     lambda terms: {**terms, 'ssim': {'weight': 1.0, 'distance': 'mse'}},
-    r'loss\.terms\.ssim is not a known term',
-    "'pixel', 'edge', 'mean_shift', 'gram'",
+    r'loss\.terms\.ssim\.distance is not a known field',
+    "'weight', 'window', 'window_size', 'sigma', 'k1', 'k2'",
   ),
   'unknown_field': (
     lambda terms: set_field(terms, ('pixel', 'wieght'), 1.0),
@@ -414,7 +505,7 @@ REJECTED_CONFIGS = {
   'unknown_distance': (
     lambda terms: set_field(terms, ('edge', 'distance'), 'l3'),
     r"loss\.terms\.edge\.distance is 'l3'",
-    "'mse', 'mae', 'rmse', 'huber', 'charbonnier', 'bce'",
+    "'mse', 'mae', 'rmse', 'huber', 'charbonnier', 'log_cosh', 'robust', 'bce'",
   ),
   'missing_distance': (
     lambda terms: {**terms, 'pixel': {'weight': 1.0}},
@@ -459,17 +550,17 @@ REJECTED_CONFIGS = {
   'bce_on_edge': (
     lambda terms: set_field(terms, ('edge', 'distance'), 'bce'),
     r"loss\.terms\.edge\.distance is 'bce'.*targets in \[0, 1\].*logits",
-    "'mse', 'mae', 'rmse', 'huber', 'charbonnier'.",
+    "'huber', 'charbonnier', 'log_cosh', 'robust'.",
   ),
   'bce_on_mean_shift': (
     lambda terms: set_field(terms, ('mean_shift', 'distance'), 'bce'),
     r"loss\.terms\.mean_shift\.distance is 'bce'.*only on loss\.terms\.pixel",
-    "'mse', 'mae', 'rmse', 'huber', 'charbonnier'.",
+    "'huber', 'charbonnier', 'log_cosh', 'robust'.",
   ),
   'bce_on_gram': (
     lambda terms: set_field(terms, ('gram', 'distance'), 'bce'),
     r"loss\.terms\.gram\.distance is 'bce'.*only on loss\.terms\.pixel",
-    "'mse', 'mae', 'rmse', 'huber', 'charbonnier'.",
+    "'huber', 'charbonnier', 'log_cosh', 'robust'.",
   ),
   'gram_layer_out_of_range': (
     lambda terms: set_field(terms, ('gram', 'layers'), (0, 3)),
@@ -562,3 +653,160 @@ def test_validate_accepts_full_config():
 
 def test_validate_accepts_plain_dict():
   composite.validate({'terms': full_terms()})
+
+
+STRUCTURAL_OPTIONS = {'window_size': 5, 'sigma': 1.0}
+
+
+@pytest.mark.parametrize('term', ['ssim', 'ms_ssim'])
+def test_structural_term_is_one_minus_similarity(term):
+  images, logits = random_batch(seed=5)
+  config = make_config(**{term: {'weight': 2.0, **STRUCTURAL_OPTIONS}})
+  loss_fn = composite.make_loss(config)
+
+  total, values = loss_fn(None, images, logits)
+
+  similarity = getattr(structural, term)
+  expected = 1.0 - similarity(
+    jax.nn.sigmoid(logits), images, **STRUCTURAL_OPTIONS
+  )
+  np.testing.assert_allclose(values[term], expected, atol=1e-6)
+  np.testing.assert_allclose(total, 2.0 * expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('term', ['ssim', 'ms_ssim'])
+def test_structural_term_finite_on_hard_batches(term):
+  config = make_config(**{term: {'weight': 1.0, 'window_size': 3}})
+  loss_fn = composite.make_loss(config)
+
+  def summed(logits, images):
+    total, values = loss_fn(None, images, logits)
+    return total.sum(), values
+
+  value_and_grad = jax.jit(jax.value_and_grad(summed, has_aux=True))
+  batches = {
+    **HARD_BATCHES,
+    'anti_correlated': lambda: (1.0 - matched_batch()[0], matched_batch()[1]),
+  }
+  for batch_name, make_batch in batches.items():
+    images, logits = make_batch()
+    (total, values), gradient = value_and_grad(logits, images)
+
+    assert np.isfinite(total), batch_name
+    assert np.all(np.isfinite(values[term])), batch_name
+    assert np.all(np.isfinite(gradient)), batch_name
+
+
+@pytest.mark.parametrize('term', ['ssim', 'ms_ssim'])
+def test_structural_window_larger_than_images_raises(term):
+  images, logits = random_batch()
+  loss_fn = composite.make_loss(make_config(**{term: {'weight': 1.0}}))
+
+  message = rf'loss\.terms\.{term}\.window_size is 11.*8x8 images'
+  with pytest.raises(ValueError, match=message) as raised:
+    loss_fn(None, images, logits)
+  assert 'no larger than 8' in str(raised.value)
+
+
+def test_ms_ssim_term_logs_scale_count(caplog):
+  images, logits = random_batch(seed=6)
+  config = make_config(ms_ssim={'weight': 1.0, 'window_size': 3})
+  loss_fn = composite.make_loss(config)
+
+  with caplog.at_level(logging.INFO):
+    loss_fn(None, images, logits)
+
+  assert 'loss.terms.ms_ssim uses 2 of 5 scales for 8x8 images' in caplog.text
+
+
+def test_default_config_validates():
+  config = default.get_config()
+
+  composite.validate(config.loss, num_feature_maps=2)
+  for term in composite.TERMS:
+    assert term in config.loss.terms, term
+
+
+@pytest.mark.parametrize(
+  ('kernel', 'padding', 'output'),
+  [
+    ('laplacian', 'zero', 'components'),
+    ('scharr', 'replicate', 'magnitude'),
+    ('central', 'reflect', 'components'),
+  ],
+)
+def test_edge_kernel_and_padding_read_from_config(kernel, padding, output):
+  images, logits = random_batch(seed=12)
+  options = {'kernel': kernel, 'padding': padding, 'output': output}
+  loss_fn = composite.make_loss(term_config('edge', 'mae', **options))
+
+  _, values = loss_fn(None, images, logits)
+
+  target = transforms.edge_map(images, **options)
+  edges = transforms.edge_map(jax.nn.sigmoid(logits), **options)
+  np.testing.assert_allclose(
+    values['edge'], distances.mae(target, edges), rtol=1e-6
+  )
+
+
+def test_tv_term_reads_reconstruction():
+  images, logits = random_batch(seed=13)
+  loss_fn = composite.make_loss(term_config('tv', None))
+
+  total, values = loss_fn(None, images, logits)
+  flat_total, _ = loss_fn(None, images, jnp.zeros_like(logits))
+
+  expected = regularizers.total_variation(jax.nn.sigmoid(logits))
+  np.testing.assert_allclose(values['tv'], expected, rtol=1e-6)
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  np.testing.assert_array_equal(flat_total, np.zeros(SHAPE[0]))
+
+
+def test_tv_term_finite_on_hard_batches():
+  loss_fn = composite.make_loss(term_config('tv', None))
+
+  def summed(logits, images):
+    return loss_fn(None, images, logits)[0].sum()
+
+  value_and_grad = jax.jit(jax.value_and_grad(summed))
+  for batch_name, make_batch in HARD_BATCHES.items():
+    images, logits = make_batch()
+    total, gradient = value_and_grad(logits, images)
+
+    assert np.isfinite(total), batch_name
+    assert np.all(np.isfinite(gradient)), batch_name
+
+
+@pytest.mark.parametrize('distance', ['mse', 'log_cosh', 'robust'])
+def test_standardized_ignores_brightness_and_contrast(distance):
+  rng = np.random.default_rng(14)
+  images = rng.uniform(0.3, 0.6, SHAPE).astype(np.float32)
+  reconstructions = rng.uniform(0.3, 0.6, SHAPE).astype(np.float32)
+  loss_fn = composite.make_loss(term_config('standardized', distance))
+
+  base, _ = loss_fn(None, images, logit(reconstructions))
+  changes = {
+    'brighter': (1.0, 0.2),
+    'more_contrast': (1.5, -0.2),
+    'less_contrast_per_channel': (np.array([0.5, 0.8, 0.3], np.float32), 0.1),
+  }
+  for change_name, (scale, offset) in changes.items():
+    changed_images = scale * images + offset
+    changed_reconstructions = scale * reconstructions + offset
+    changed, _ = loss_fn(None, changed_images, logit(changed_reconstructions))
+    np.testing.assert_allclose(changed, base, rtol=2e-3, err_msg=change_name)
+
+  assert np.all(np.asarray(base) > 0)
+
+
+def test_fourier_term_matches_direct_amplitude():
+  images, logits = random_batch(seed=15)
+  loss_fn = composite.make_loss(term_config('fourier', 'mae'))
+
+  _, values = loss_fn(None, images, logits)
+
+  target = transforms.fourier_amplitude(images)
+  amplitude = transforms.fourier_amplitude(jax.nn.sigmoid(logits))
+  np.testing.assert_allclose(
+    values['fourier'], distances.mae(target, amplitude), rtol=1e-6
+  )

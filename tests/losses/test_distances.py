@@ -45,12 +45,33 @@ def numpy_charbonnier(a, b, epsilon):
   return mean_per_example(np.sqrt(difference**2 + epsilon**2) - epsilon)
 
 
+def numpy_log_cosh(a, b):
+  return mean_per_example(np.log(np.cosh(np.float64(a) - np.float64(b))))
+
+
+def numpy_robust(a, b, alpha, scale):
+  """Transcribe Barron's loss, with its limits at alpha = 0, 2 and -inf."""
+  squared = ((np.float64(a) - np.float64(b)) / scale) ** 2
+  if alpha == 2:
+    elementwise = squared / 2
+  elif alpha == 0:
+    elementwise = np.log(squared / 2 + 1)
+  elif alpha == -np.inf:
+    elementwise = 1 - np.exp(-squared / 2)
+  else:
+    shift = abs(alpha - 2)
+    elementwise = shift / alpha * ((squared / shift + 1) ** (alpha / 2) - 1)
+  return mean_per_example(elementwise)
+
+
 NUMPY_DISTANCES = {
   'mse': lambda a, b: mean_per_example((np.float64(a) - b) ** 2),
   'mae': lambda a, b: mean_per_example(np.abs(np.float64(a) - b)),
   'rmse': lambda a, b: np.sqrt(mean_per_example((np.float64(a) - b) ** 2)),
   'huber': lambda a, b: numpy_huber(a, b, delta=1.0),
   'charbonnier': lambda a, b: numpy_charbonnier(a, b, epsilon=1e-3),
+  'log_cosh': numpy_log_cosh,
+  'robust': lambda a, b: numpy_robust(a, b, alpha=1.0, scale=0.1),
 }
 
 # Each public function with arguments that exercise it.
@@ -60,6 +81,8 @@ PUBLIC_CALLS = {
   'rmse': (distances.rmse, {}),
   'huber': (distances.huber, {'delta': 0.3}),
   'charbonnier': (distances.charbonnier, {'epsilon': 0.01}),
+  'log_cosh': (distances.log_cosh, {}),
+  'robust': (distances.robust, {'alpha': -0.5, 'scale': 0.2}),
   'bce_with_logits': (distances.bce_with_logits, {}),
   'psnr': (distances.psnr, {'data_range': 1.0}),
 }
@@ -72,6 +95,8 @@ def test_registry_lists_image_distances():
     'rmse',
     'huber',
     'charbonnier',
+    'log_cosh',
+    'robust',
   }
 
 
@@ -311,6 +336,7 @@ def test_scalar_input_raises(name):
   [
     (distances.huber, 'delta'),
     (distances.charbonnier, 'epsilon'),
+    (distances.robust, 'scale'),
     (distances.psnr, 'data_range'),
   ],
 )
@@ -332,3 +358,82 @@ def test_mae_gradient_is_sign():
 
   assert gradient[0, 0, 0, 0] == 0.0
   np.testing.assert_allclose(gradient, expected, rtol=1e-6)
+
+
+def test_log_cosh_small_and_large_differences():
+  a = np.array([[0.0, 0.0, 0.0]], np.float32)
+  b = np.array([[1e-3, 30.0, -100.0]], np.float32)
+
+  result = distances.log_cosh(a, b)
+
+  expected = (0.5e-6 + (30.0 - np.log(2.0)) + (100.0 - np.log(2.0))) / 3
+  np.testing.assert_allclose(result, [expected], rtol=1e-6)
+
+
+def test_log_cosh_gradient_is_tanh():
+  a, b = random_pair(seed=12)
+  b[0, 0, 0, 0] = a[0, 0, 0, 0]
+  size = np.prod(SHAPE[1:])
+  expected = np.tanh(np.float64(a) - b) / size
+
+  gradient = jax.grad(lambda x: distances.log_cosh(x, b).sum())(jnp.asarray(a))
+
+  assert gradient[0, 0, 0, 0] == 0.0
+  np.testing.assert_allclose(gradient, expected, rtol=1e-5, atol=1e-9)
+
+
+ALPHAS = [2.0, 1.0, 0.5, 1e-4, 0.0, -1e-4, -2.0, -10.0, -np.inf, 3.0]
+
+
+@pytest.mark.parametrize(
+  ('alpha', 'scale'), [(alpha, 0.05) for alpha in ALPHAS] + [(-2.0, 1.0)]
+)
+def test_robust_matches_numpy(alpha, scale):
+  a, b = random_pair(seed=13)
+
+  result = distances.robust(a, b, alpha=alpha, scale=scale)
+
+  expected = numpy_robust(a, b, alpha=alpha, scale=scale)
+  assert result.dtype == jnp.float32
+  np.testing.assert_allclose(result, expected, rtol=1e-5)
+
+
+def test_robust_special_cases():
+  a, b = random_pair(seed=14)
+  difference = np.float64(a) - b
+
+  np.testing.assert_allclose(
+    distances.robust(a, b, alpha=2.0, scale=1.0),
+    0.5 * mean_per_example(difference**2),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    distances.robust(a, b, alpha=1.0, scale=0.3),
+    numpy_charbonnier(a / 0.3, b / 0.3, epsilon=1.0),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    distances.robust(a, b, alpha=1e-6, scale=0.5),
+    distances.robust(a, b, alpha=0.0, scale=0.5),
+    rtol=1e-5,
+  )
+
+
+@pytest.mark.parametrize('alpha', ALPHAS)
+def test_robust_gradient_finite_when_equal(alpha):
+  a, _ = random_pair(seed=15)
+
+  def loss(x):
+    return distances.robust(x, a, alpha=alpha, scale=0.1).sum()
+
+  gradient = jax.grad(loss)(jnp.asarray(a))
+
+  np.testing.assert_array_equal(gradient, np.zeros(SHAPE))
+
+
+@pytest.mark.parametrize('alpha', [float('nan'), float('inf')])
+def test_robust_invalid_alpha_raises(alpha):
+  a, b = random_pair()
+
+  with pytest.raises(ValueError, match=r'alpha must be a real number or -inf'):
+    distances.robust(a, b, alpha=alpha)

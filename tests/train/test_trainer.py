@@ -178,3 +178,15 @@ def test_resume_drops_rows_of_interrupted_run(data_dir, tmp_path):
   trainer.train_and_evaluate(_config(data_dir, num_train_steps=20), workdir)
 
   assert _train_steps(_read_metrics(workdir)) == [5, 10, 15, 20]
+
+
+def test_ssim_window_larger_than_images(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.loss.terms.ms_ssim.window_size = 29
+
+  with pytest.raises(
+    ValueError, match='window_size=29 is larger than the 28x28'
+  ):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+
+  assert not os.path.exists(tmp_path / 'run')
