@@ -72,13 +72,13 @@ def write_config(workdir, config, *, step):
   if saved is not None and step > 0:
     changes = config_changes(saved, config)
     if changes:
-      kept = os.path.join(workdir, f'config_until_step_{step}.json')
-      os.replace(path, kept)
+      archived_path = os.path.join(workdir, f'config_until_step_{step}.json')
+      os.replace(path, archived_path)
       logging.warning(
         'Resuming at step %d with a changed config; the previous one is kept '
         'as %s. Changes: %s',
         step,
-        kept,
+        archived_path,
         '; '.join(changes),
       )
   with open(path, 'w') as f:
@@ -102,12 +102,12 @@ def drop_metrics_after(workdir, step):
     return 0
   with open(path) as f:
     lines = f.readlines()
-  kept = [
+  remaining = [
     line for line in lines if line.strip() and json.loads(line)['step'] <= step
   ]
-  if len(kept) == len(lines):
+  if len(remaining) == len(lines):
     return 0
   with open(path + '.tmp', 'w') as f:
-    f.writelines(kept)
+    f.writelines(remaining)
   os.replace(path + '.tmp', path)
-  return len(lines) - len(kept)
+  return len(lines) - len(remaining)
