@@ -16,6 +16,17 @@ Any field can be overridden from the command line, for example
 import ml_collections
 
 
+def _feature_network_fields():
+  """Returns the feature network fields of one gram or features term."""
+  return {
+    'network': 'encoder',
+    'seed': 0,
+    'widths': (32, 64, 128),
+    'checkpoint_dir': ml_collections.FieldReference(None, field_type=str),
+    'weights_path': ml_collections.FieldReference(None, field_type=str),
+  }
+
+
 def get_config():
   """Returns the default training configuration."""
   config = ml_collections.ConfigDict()
@@ -59,12 +70,28 @@ def get_config():
   config.loss.terms.mean_shift = ml_collections.ConfigDict(
     {'weight': 0.0, 'distance': 'mse'}
   )
+  # The gram and features terms compare maps of a fixed feature network.
+  # 'encoder' is the autoencoder's own encoder. 'random' has fixed random
+  # weights from `seed`, one map per entry of `widths`. 'checkpoint' is the
+  # encoder saved in the workdir `checkpoint_dir`. 'vgg16' reads ImageNet
+  # weights from the local Keras HDF5 file `weights_path`, and its `layers`
+  # are layer names.
   config.loss.terms.gram = ml_collections.ConfigDict(
     {
       'weight': 0.0,
       'distance': 'mse',
       'layers': (0, 1),
       'normalization': 'chw',
+      **_feature_network_fields(),
+    }
+  )
+  config.loss.terms.features = ml_collections.ConfigDict(
+    {
+      'weight': 0.0,
+      'distance': 'mse',
+      # One index, so that configs with a one-stage encoder stay valid.
+      'layers': (0,),
+      **_feature_network_fields(),
     }
   )
   config.loss.terms.standardized = ml_collections.ConfigDict(

@@ -13,8 +13,10 @@ terms are computed directly:
   standardized
               D(S(x), S(x_hat)), where S(x) = (x - mean(x)) / std(x) per
               image and channel, see `transforms.standardize`.
-  gram        D(Gram(Enc(x)), Gram(Enc(x_hat))) for each listed encoder
-              feature map, averaged over the maps.
+  gram        D(Gram(F(x)), Gram(F(x_hat))) for each listed feature map of
+              a feature network F, averaged over the maps.
+  features    D(F(x), F(x_hat)) for each listed feature map of F, averaged
+              over the maps (perceptual feature matching).
   ssim        1 - SSIM(x, x_hat), see `losses.structural.ssim`.
   ms_ssim     1 - MS-SSIM(x, x_hat), see `losses.structural.ms_ssim`.
   tv          total variation of x_hat alone, see
@@ -31,14 +33,31 @@ Config schema, one optional entry per term under `loss.terms`:
               ('reflect', 'replicate' or 'zero', default 'reflect')
   mean_shift: weight, distance
   standardized: weight, distance
-  gram:       weight, distance, layers (encoder feature map indices),
-              normalization ('none', 'hw' or 'chw', default 'chw')
+  gram:       weight, distance, layers, normalization ('none', 'hw' or
+              'chw', default 'chw'), and the feature network fields below
+  features:   weight, distance, layers, and the feature network fields
   ssim:       weight, window ('gaussian' or 'uniform', default
               'gaussian'), window_size (odd, default 11), sigma (default
               1.5), k1 (default 0.01), k2 (default 0.03)
   ms_ssim:    the fields of ssim
   tv:         weight
   fourier:    weight, distance
+
+Feature network fields of the gram and features terms, built by
+`models.feature_nets.create`:
+
+  network     'encoder' (default), 'random', 'checkpoint' or 'vgg16'
+  seed        'random' only: integer seed of the weights, default 0
+  widths      'random' only: channels of each stage, default (32, 64, 128)
+  checkpoint_dir
+              'checkpoint' only, required: workdir of an earlier run
+  weights_path
+              'vgg16' only, required: local Keras VGG16 HDF5 weights file
+
+`layers` are indices into the network's feature maps, except for 'vgg16',
+where they are VGG16 layer names such as 'block2_conv2'. A field that the
+chosen network does not read is ignored, so a config may carry the options
+of every network.
 
 The ssim, ms_ssim and tv terms have no distance. The ssim and ms_ssim window
 must fit inside the images. The config alone does not know the image size,
@@ -57,6 +76,7 @@ The caller reduces over the batch.
 """
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 import functools
 import logging
@@ -82,6 +102,7 @@ TERMS = (
   'tv',
   'standardized',
   'fourier',
+  'features',
 )
 # Terms built on structural similarity, 1 - SSIM or 1 - MS-SSIM.
 _STRUCTURAL_TERMS = ('ssim', 'ms_ssim')
@@ -98,12 +119,25 @@ _DISTANCE_OPTIONS = {
 }
 
 _COMMON_FIELDS = ('weight', 'distance', 'delta', 'epsilon', 'alpha', 'scale')
+# Feature networks of the gram and features terms, see models.feature_nets.
+FEATURE_NETWORKS = ('encoder', 'random', 'checkpoint', 'vgg16')
+DEFAULT_FEATURE_NETWORK = 'encoder'
+DEFAULT_RANDOM_WIDTHS = (32, 64, 128)
+_FEATURE_TERMS = ('gram', 'features')
+_NETWORK_FIELDS = (
+  'network',
+  'seed',
+  'widths',
+  'checkpoint_dir',
+  'weights_path',
+)
 _STRUCTURAL_FIELDS = ('weight', 'window', 'window_size', 'sigma', 'k1', 'k2')
 _TERM_FIELDS = {
   'pixel': _COMMON_FIELDS,
   'edge': (*_COMMON_FIELDS, 'output', 'kernel', 'padding'),
   'mean_shift': _COMMON_FIELDS,
-  'gram': (*_COMMON_FIELDS, 'layers', 'normalization'),
+  'gram': (*_COMMON_FIELDS, 'layers', 'normalization', *_NETWORK_FIELDS),
+  'features': (*_COMMON_FIELDS, 'layers', *_NETWORK_FIELDS),
   'ssim': _STRUCTURAL_FIELDS,
   'ms_ssim': _STRUCTURAL_FIELDS,
   'tv': ('weight',),
@@ -124,7 +158,7 @@ _STRUCTURAL_DEFAULTS = {
   'k2': 0.03,
 }
 
-# encode_features(params, images) -> the encoder's NHWC feature maps.
+# encode_features(params, images) -> a feature network's NHWC feature maps.
 EncodeFeatures = Callable[[Any, jax.Array], Sequence[jax.Array]]
 # loss_fn(params, images, logits) -> (total [B], {term name: value [B]}).
 LossFn = Callable[
@@ -210,6 +244,31 @@ def _validate_distance(name: str, field: str, distance: Any) -> None:
     )
 
 
+def _validate_layer_names(field: str, layers: Any) -> None:
+  fix = (
+    'Set it to a non-empty tuple of distinct VGG16 layer names, such as '
+    "('block1_conv2', 'block2_conv2', 'block3_conv3')"
+  )
+  if layers is None:
+    raise ValueError(f'{field} is missing. {fix}.')
+
+  if isinstance(layers, str) or not isinstance(layers, Sequence):
+    message = f'{field} is {layers!r}, which is not a tuple. {fix}.'
+    raise ValueError(message)  # noqa: TRY004
+
+  if not layers:
+    raise ValueError(f'{field} is empty. {fix}.')
+
+  for layer in layers:
+    if not isinstance(layer, str) or not layer:
+      raise ValueError(
+        f'{field} is {layers!r}, and {layer!r} is not a layer name. {fix}.'
+      )
+
+  if len(set(layers)) != len(layers):
+    raise ValueError(f'{field} is {layers!r}, which repeats a name. {fix}.')
+
+
 def _validate_layers(
   field: str, layers: Any, num_feature_maps: int | None
 ) -> None:
@@ -240,11 +299,81 @@ def _validate_layers(
     if num_feature_maps is not None and layer >= num_feature_maps:
       raise ValueError(
         f'{field} is {layers!r}, and {layer!r} is out of range because the '
-        f'encoder returns {num_feature_maps} feature maps. {fix}.'
+        f'feature network returns {num_feature_maps} feature maps. {fix}.'
       )
 
   if len(set(layers)) != len(layers):
     raise ValueError(f'{field} is {layers!r}, which repeats an index. {fix}.')
+
+
+def _validate_path(
+  field: str, value: Any, network: str, expected_path: str
+) -> None:
+  if value is None or not isinstance(value, str) or not value:
+    raise ValueError(
+      f'{field} is {value!r}, but network {network!r} requires it. Set it to '
+      f'{expected_path}, or choose another network.'
+    )
+
+
+def _validate_random_network(prefix: str, term: Any) -> int:
+  """Checks the random network's seed and widths; returns the map count."""
+  seed = term.get('seed', 0)
+  if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+    raise ValueError(
+      f'{prefix}.seed is {seed!r}, which is invalid. Set it to an integer, '
+      f'such as 0.'
+    )
+
+  widths = term.get('widths', DEFAULT_RANDOM_WIDTHS)
+  is_tuple = isinstance(widths, Sequence) and not isinstance(widths, str)
+  if (
+    not is_tuple
+    or not widths
+    or not all(
+      isinstance(width, numbers.Integral)
+      and not isinstance(width, bool)
+      and width > 0
+      for width in widths
+    )
+  ):
+    raise ValueError(
+      f'{prefix}.widths is {widths!r}, which is invalid. Set it to a '
+      f'non-empty tuple of positive channel counts, such as (32, 64, 128).'
+    )
+  return len(widths)
+
+
+def _validate_feature_network(
+  prefix: str, term: Any, num_feature_maps: int | None
+) -> None:
+  """Checks a gram or features term's network, its options and layers."""
+  network = term.get('network', DEFAULT_FEATURE_NETWORK)
+  _validate_choice(f'{prefix}.network', network, FEATURE_NETWORKS)
+
+  if network == 'vgg16':
+    _validate_path(
+      f'{prefix}.weights_path',
+      term.get('weights_path'),
+      network,
+      'the path of a local Keras VGG16 ImageNet "notop" HDF5 weights file',
+    )
+    _validate_layer_names(f'{prefix}.layers', term.get('layers'))
+    return
+
+  if network == 'random':
+    num_feature_maps = _validate_random_network(prefix, term)
+  elif network == 'checkpoint':
+    _validate_path(
+      f'{prefix}.checkpoint_dir',
+      term.get('checkpoint_dir'),
+      network,
+      'the --workdir of an earlier run that wrote a checkpoint',
+    )
+    # The stage count is known only once the checkpoint is read.
+    num_feature_maps = None
+
+  _validate_layers(f'{prefix}.layers', term.get('layers'), num_feature_maps)
 
 
 def _validate_window_size(field: str, value: Any) -> None:
@@ -318,7 +447,9 @@ def _validate_term(name: str, term: Any, num_feature_maps: int | None) -> None:
     _validate_choice(
       f'{prefix}.normalization', normalization, transforms.GRAM_NORMALIZATIONS
     )
-    _validate_layers(f'{prefix}.layers', term.get('layers'), num_feature_maps)
+
+  if name in _FEATURE_TERMS:
+    _validate_feature_network(prefix, term, num_feature_maps)
 
 
 def validate(loss_config: Any, *, num_feature_maps: int | None = None) -> None:
@@ -338,7 +469,12 @@ def validate(loss_config: Any, *, num_feature_maps: int | None = None) -> None:
     positive integer, and `sigma`, `k1` and `k2`, when set, are positive
     finite numbers. Whether the window fits the images is checked when the
     loss function is traced.
-  - The gram `layers` are a non-empty tuple of distinct indices >= 0.
+  - The gram and features `network` is one of FEATURE_NETWORKS. 'vgg16'
+    needs `weights_path` and 'checkpoint' needs `checkpoint_dir`, and the
+    'random' `seed` is an integer and its `widths` positive integers.
+  - The gram and features `layers` are a non-empty tuple of distinct
+    indices >= 0, or of layer names for 'vgg16'. For 'random' the indices
+    must be below the number of widths.
 
   At least one term must have a positive weight. Each message names the config
   field, its value and the valid choices. The checks run in plain Python,
@@ -346,10 +482,11 @@ def validate(loss_config: Any, *, num_feature_maps: int | None = None) -> None:
 
   Args:
     loss_config: the `config.loss` ConfigDict, or a dict of the same layout.
-    num_feature_maps: number of feature maps that the encoder returns. When
-      given, every gram layer index must be below it. When None, only
-      negative indices are rejected here and `make_loss`'s loss function
-      checks the rest when it is traced.
+    num_feature_maps: number of feature maps that the autoencoder's encoder
+      returns. When given, every layer index of a gram or features term on
+      the 'encoder' network must be below it. When None, only negative
+      indices are rejected here and `make_loss`'s loss function checks the
+      rest when it is traced.
 
   Raises:
     ValueError: if the config is invalid.
@@ -471,41 +608,82 @@ def _tv_term(params, images, logits, reconstructions):
   return regularizers.total_variation(reconstructions)
 
 
+def _feature_indices(term: Any) -> tuple[int, ...]:
+  """Returns the indices of the term's layers in the network's output.
+
+  A 'vgg16' network returns exactly the maps of its named layers, in order,
+  so its indices count them. Other networks take the configured indices.
+  """
+  layers = tuple(term.get('layers'))
+  if term.get('network', DEFAULT_FEATURE_NETWORK) == 'vgg16':
+    return tuple(range(len(layers)))
+  return layers
+
+
+def _paired_features(
+  name: str,
+  encode_features: EncodeFeatures,
+  layers: tuple[int, ...],
+  params: Any,
+  images: jax.Array,
+  reconstructions: jax.Array,
+) -> list[tuple[jax.Array, jax.Array]]:
+  """Returns (target, reconstruction) feature maps of `layers`.
+
+  The network's parameters are constants here, so the term's gradient
+  reaches only the reconstruction and cannot shrink the features to zero.
+  """
+  frozen_params = jax.lax.stop_gradient(params)
+  target_features = jax.lax.stop_gradient(
+    encode_features(frozen_params, images)
+  )
+  reconstruction_features = encode_features(frozen_params, reconstructions)
+
+  num_feature_maps = len(target_features)
+  if max(layers) >= num_feature_maps:
+    raise ValueError(
+      f'loss.terms.{name}.layers is {layers!r}, but encode_features returned '
+      f'{num_feature_maps} feature maps. Use indices in '
+      f'0..{num_feature_maps - 1}.'
+    )
+
+  return [(target_features[i], reconstruction_features[i]) for i in layers]
+
+
 def _make_gram_term(term: Any, encode_features: EncodeFeatures) -> _TermFn:
   distance = _make_distance(term)
-  layers = tuple(term.get('layers'))
+  layers = _feature_indices(term)
   normalization = term.get('normalization', _DEFAULT_GRAM_NORMALIZATION)
 
   def gram_term(params, images, logits, reconstructions):
-    # The encoder's parameters are constants inside this term, so its gradient
-    # reaches only the reconstruction and cannot shrink the features to zero.
-    frozen_params = jax.lax.stop_gradient(params)
-    target_features = jax.lax.stop_gradient(
-      encode_features(frozen_params, images)
+    pairs = _paired_features(
+      'gram', encode_features, layers, params, images, reconstructions
     )
-    reconstruction_features = encode_features(frozen_params, reconstructions)
-
-    num_feature_maps = len(target_features)
-    if max(layers) >= num_feature_maps:
-      raise ValueError(
-        f'loss.terms.gram.layers is {layers!r}, but encode_features returned '
-        f'{num_feature_maps} feature maps. Use indices in '
-        f'0..{num_feature_maps - 1}.'
-      )
-
     per_layer = []
-    for layer in layers:
-      target_gram = transforms.gram(
-        target_features[layer], normalization=normalization
-      )
+    for target, reconstruction in pairs:
+      target_gram = transforms.gram(target, normalization=normalization)
       reconstruction_gram = transforms.gram(
-        reconstruction_features[layer], normalization=normalization
+        reconstruction, normalization=normalization
       )
       per_layer.append(distance(target_gram, reconstruction_gram))
 
     return jnp.mean(jnp.stack(per_layer), axis=0)
 
   return gram_term
+
+
+def _make_features_term(term: Any, encode_features: EncodeFeatures) -> _TermFn:
+  distance = _make_distance(term)
+  layers = _feature_indices(term)
+
+  def features_term(params, images, logits, reconstructions):
+    pairs = _paired_features(
+      'features', encode_features, layers, params, images, reconstructions
+    )
+    per_layer = [distance(target, output) for target, output in pairs]
+    return jnp.mean(jnp.stack(per_layer), axis=0)
+
+  return features_term
 
 
 def _make_structural_term(name: str, term: Any) -> _TermFn:
@@ -563,6 +741,7 @@ def make_loss(
   loss_config: Any,
   *,
   encode_features: EncodeFeatures | None = None,
+  feature_networks: Mapping[str, EncodeFeatures] | None = None,
   all_terms: bool = False,
 ) -> LossFn:
   """Build the jit-compiled weighted loss described by `loss_config`.
@@ -575,19 +754,21 @@ def make_loss(
   reconstruction is sigmoid(logits). Binary cross-entropy on the pixel term
   reads the logits, and every other term reads the reconstruction.
 
-  The gram term calls `encode_features(stop_gradient(params), ...)` on x and
-  on the reconstruction, and the features of x are under stop_gradient as
-  well. The encoder's parameters are therefore held fixed inside this term,
-  and its gradient flows only through the reconstruction. So the term cannot
-  be lowered by collapsing the features. Other terms still train the encoder,
-  so the feature space that the gram term compares in changes during
-  training.
+  The gram and features terms call `encode_features(stop_gradient(params),
+  ...)` on x and on the reconstruction, and the features of x are under
+  stop_gradient as well. The network's parameters are therefore held fixed
+  inside these terms, and their gradient flows only through the
+  reconstruction. So a term cannot be lowered by collapsing the features.
+  With the 'encoder' network, other terms still train the encoder, so the
+  feature space that the term compares in changes during training.
 
   Args:
     loss_config: the `config.loss` ConfigDict, checked with `validate`.
     encode_features: pure function where `encode_features(params, images)`
-      returns a sequence of NHWC feature maps, one per encoder stage.
-      Required when the gram term is computed.
+      returns a sequence of NHWC feature maps. Used by a computed gram or
+      features term that `feature_networks` does not cover.
+    feature_networks: `encode_features` functions keyed by term name
+      ('gram', 'features'), such as those of `models.feature_nets.create`.
     all_terms: if False, only terms with a positive weight are computed and
       returned. If True, every configured term is computed and returned, for
       evaluation logging, and `total` still uses only the positive weights.
@@ -599,8 +780,9 @@ def make_loss(
     ssim or ms_ssim term is larger than the image height or width.
 
   Raises:
-    ValueError: if the config is invalid, or if the gram term is computed and
-      `encode_features` is None.
+    ValueError: if the config is invalid, or if a gram or features term is
+      computed and neither `feature_networks` nor `encode_features` gives it
+      a feature network.
   """
   validate(loss_config)
   terms = loss_config.get('terms')
@@ -613,12 +795,18 @@ def make_loss(
   computed = tuple(name for name in weights if all_terms or weights[name] > 0)
   weighted = tuple(name for name in computed if weights[name] > 0)
 
-  if 'gram' in computed and encode_features is None:
-    raise ValueError(
-      'make_loss: loss.terms.gram is computed but encode_features is None. '
-      'Pass encode_features, or set loss.terms.gram.weight to 0 and '
-      'all_terms to False, or remove the gram term.'
-    )
+  networks = {}
+  for name in _FEATURE_TERMS:
+    if name not in computed:
+      continue
+    networks[name] = (feature_networks or {}).get(name, encode_features)
+    if networks[name] is None:
+      raise ValueError(
+        f'make_loss: loss.terms.{name} is computed but encode_features is '
+        f'None and feature_networks has no {name!r} entry. Pass one of them, '
+        f'or set loss.terms.{name}.weight to 0 and all_terms to False, or '
+        f'remove the {name} term.'
+      )
 
   term_fns = {}
   for name in computed:
@@ -630,7 +818,9 @@ def make_loss(
     elif name == 'mean_shift':
       term_fns[name] = _make_mean_shift_term(term)
     elif name == 'gram':
-      term_fns[name] = _make_gram_term(term, encode_features)
+      term_fns[name] = _make_gram_term(term, networks[name])
+    elif name == 'features':
+      term_fns[name] = _make_features_term(term, networks[name])
     elif name == 'standardized':
       term_fns[name] = _make_standardized_term(term)
     elif name == 'tv':

@@ -18,6 +18,7 @@ import numpy as np
 from losses import composite
 from losses import distances
 from models import autoencoder
+from models import feature_nets
 from train import checkpointing
 from train import input_pipeline
 from train import steps
@@ -149,11 +150,20 @@ def train_and_evaluate(config, workdir):
     process_count=jax.process_count(),
   )
 
-  # Model and state. Resume order: build a fresh state from the seed,
-  # overwrite it with the newest checkpoint if there is one, then write the
-  # workdir's files and start the input pipeline from the restored step.
-  os.makedirs(workdir, exist_ok=True)
+  # Every configured feature term is evaluated, so each gets its network
+  # even at weight 0. A missing weights file or checkpoint fails here,
+  # before the workdir is touched.
   model = autoencoder.create_model(config.model, image_shape)
+  feature_networks = {
+    name: feature_nets.create(config.loss.terms[name], model)
+    for name in ('gram', 'features')
+    if name in config.loss.terms
+  }
+
+  # State. Resume order: build a fresh state from the seed, overwrite it with
+  # the newest checkpoint if there is one, then write the workdir's files and
+  # start the input pipeline from the restored step.
+  os.makedirs(workdir, exist_ok=True)
   rng = jax.random.key(config.seed)
   state = train_state.create_train_state(config, model, image_shape, rng)
   manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
@@ -178,10 +188,9 @@ def train_and_evaluate(config, workdir):
     )
   writer = writers.MetricWriter(workdir)
 
-  encode_features = autoencoder.feature_extractor(model)
-  loss_fn = composite.make_loss(config.loss, encode_features=encode_features)
+  loss_fn = composite.make_loss(config.loss, feature_networks=feature_networks)
   eval_loss_fn = composite.make_loss(
-    config.loss, encode_features=encode_features, all_terms=True
+    config.loss, feature_networks=feature_networks, all_terms=True
   )
   p_train_step, p_eval_step = steps.pmap_steps(
     loss_fn, eval_loss_fn, model.apply

@@ -73,6 +73,7 @@ def full_terms():
     'tv': {'weight': 0.0},
     'standardized': {'weight': 0.0, 'distance': 'mae'},
     'fourier': {'weight': 0.0, 'distance': 'mse'},
+    'features': {'weight': 0.0, 'distance': 'mae', 'layers': (1,)},
     'ssim': {'weight': 0.0, 'window_size': 5},
     'ms_ssim': {'weight': 0.0, 'window': 'uniform', 'window_size': 3},
   }
@@ -83,7 +84,7 @@ def term_config(term, distance, **fields):
   settings = {'weight': 1.0, **fields}
   if distance is not None:
     settings['distance'] = distance
-  if term == 'gram':
+  if term in ('gram', 'features'):
     settings.setdefault('layers', (0, 1))
   return make_config(**{term: settings})
 
@@ -132,6 +133,7 @@ TERM_CASES += [
 ]
 TERM_CASES += [('mean_shift', distance, {}) for distance in DISTANCE_NAMES]
 TERM_CASES += [('gram', distance, {}) for distance in DISTANCE_NAMES]
+TERM_CASES += [('features', distance, {}) for distance in ('mse', 'rmse')]
 TERM_CASES += [('standardized', distance, {}) for distance in ('mse', 'rmse')]
 TERM_CASES += [('fourier', distance, {}) for distance in ('mse', 'rmse')]
 TERM_CASES += [
@@ -247,6 +249,91 @@ def test_gram_without_encoder_raises():
     composite.make_loss(config)
 
 
+def test_features_holds_network_fixed():
+  images, logits = random_batch(seed=3)
+  params = make_params()
+  loss_fn = composite.make_loss(
+    term_config('features', 'mse'), encode_features=encode_features
+  )
+
+  def summed(params, logits):
+    return loss_fn(params, images, logits)[0].sum()
+
+  params_gradient, logits_gradient = jax.grad(summed, argnums=(0, 1))(
+    params, logits
+  )
+
+  for name, leaf in params_gradient.items():
+    np.testing.assert_array_equal(leaf, np.zeros_like(leaf), err_msg=name)
+  assert np.abs(np.asarray(logits_gradient)).max() > 0
+
+
+def test_features_value_is_layer_mean():
+  images, logits = random_batch(seed=4)
+  params = make_params()
+  config = term_config('features', 'mae', layers=(1, 0))
+  loss_fn = composite.make_loss(config, encode_features=encode_features)
+
+  _, values = loss_fn(params, images, logits)
+
+  reconstructions = jax.nn.sigmoid(logits)
+  targets = encode_features(params, images)
+  outputs = encode_features(params, reconstructions)
+  expected = np.mean(
+    [distances.mae(targets[i], outputs[i]) for i in (1, 0)], axis=0
+  )
+  np.testing.assert_allclose(values['features'], expected, rtol=1e-6)
+
+
+def test_feature_networks_chosen_per_term():
+  images, logits = random_batch(seed=5)
+  params = make_params()
+
+  def first_map_only(params, images):
+    return encode_features(params, images)[:1]
+
+  config = make_config(
+    gram={'weight': 1.0, 'distance': 'mse', 'layers': (1,)},
+    features={'weight': 1.0, 'distance': 'mse', 'layers': (0,)},
+  )
+  loss_fn = composite.make_loss(
+    config,
+    encode_features=encode_features,
+    feature_networks={'features': first_map_only},
+  )
+  _, values = loss_fn(params, images, logits)
+
+  reconstructions = jax.nn.sigmoid(logits)
+  expected_gram = distances.mse(
+    transforms.gram(encode_features(params, images)[1]),
+    transforms.gram(encode_features(params, reconstructions)[1]),
+  )
+  expected_features = distances.mse(
+    first_map_only(params, images)[0],
+    first_map_only(params, reconstructions)[0],
+  )
+  np.testing.assert_allclose(values['gram'], expected_gram, rtol=1e-6)
+  np.testing.assert_allclose(values['features'], expected_features, rtol=1e-6)
+
+
+def test_features_layer_beyond_network_raises():
+  images, logits = random_batch()
+  config = term_config('features', 'mse', layers=(3,))
+  loss_fn = composite.make_loss(config, encode_features=encode_features)
+
+  with pytest.raises(
+    ValueError, match=r'loss\.terms\.features\.layers.*2 feature'
+  ):
+    loss_fn(make_params(), images, logits)
+
+
+def test_features_without_network_raises():
+  config = term_config('features', 'mse')
+
+  with pytest.raises(ValueError, match=r"no 'features' entry"):
+    composite.make_loss(config, feature_networks={'gram': encode_features})
+
+
 def test_gram_weight_zero_needs_no_encoder():
   images, logits = random_batch()
   loss_fn = composite.make_loss(make_config(**full_terms()))
@@ -322,6 +409,7 @@ def weighted_terms():
   terms['tv']['weight'] = 0.1
   terms['standardized']['weight'] = 0.6
   terms['fourier']['weight'] = 0.4
+  terms['features']['weight'] = 0.2
   terms['ssim']['weight'] = 0.75
   terms['ms_ssim']['weight'] = 0.3
   return terms
@@ -602,6 +690,81 @@ REJECTED_CONFIGS = {
     r'loss\.terms\.edge\.epsilon is -0\.001, which is invalid',
     'positive finite number',
   ),
+  'unknown_network': (
+    lambda terms: set_field(terms, ('gram', 'network'), 'resnet'),
+    r"loss\.terms\.gram\.network is 'resnet', which is invalid",
+    "'encoder', 'random', 'checkpoint', 'vgg16'",
+  ),
+  'vgg16_without_weights_path': (
+    lambda terms: set_field(terms, ('features', 'network'), 'vgg16'),
+    r"loss\.terms\.features\.weights_path is None, but network 'vgg16'",
+    'HDF5 weights file',
+  ),
+  'vgg16_layer_indices': (
+    lambda terms: {
+      **terms,
+      'gram': {
+        'weight': 0.0,
+        'distance': 'mse',
+        'network': 'vgg16',
+        'weights_path': '/data/vgg16.h5',
+        'layers': (0, 1),
+      },
+    },
+    r'loss\.terms\.gram\.layers is \(0, 1\), and 0 is not a layer name',
+    "'block1_conv2'",
+  ),
+  'checkpoint_without_dir': (
+    lambda terms: set_field(terms, ('gram', 'network'), 'checkpoint'),
+    r"loss\.terms\.gram\.checkpoint_dir is None, but network 'checkpoint'",
+    '--workdir of an earlier run',
+  ),
+  'checkpoint_dir_empty': (
+    lambda terms: {
+      **terms,
+      'gram': {
+        **terms['gram'],
+        'network': 'checkpoint',
+        'checkpoint_dir': '',
+      },
+    },
+    r"loss\.terms\.gram\.checkpoint_dir is '', but network 'checkpoint'",
+    '--workdir of an earlier run',
+  ),
+  'random_layer_out_of_range': (
+    lambda terms: {
+      **terms,
+      'features': {
+        **terms['features'],
+        'network': 'random',
+        'widths': (4, 8),
+        'layers': (2,),
+      },
+    },
+    r'loss\.terms\.features\.layers is \(2,\), and 2 is out of range',
+    '0..1',
+  ),
+  'random_widths_invalid': (
+    lambda terms: {
+      **terms,
+      'gram': {**terms['gram'], 'network': 'random', 'widths': (4, 0)},
+    },
+    r'loss\.terms\.gram\.widths is \(4, 0\), which is invalid',
+    'positive channel counts',
+  ),
+  'random_seed_invalid': (
+    lambda terms: {
+      **terms,
+      'gram': {**terms['gram'], 'network': 'random', 'seed': 1.5},
+    },
+    r'loss\.terms\.gram\.seed is 1\.5, which is invalid',
+    'integer',
+  ),
+  'features_unknown_field': (
+    lambda terms: set_field(terms, ('features', 'normalization'), 'hw'),
+    r'loss\.terms\.features\.normalization is not a known field',
+    "'network', 'seed'",
+  ),
   'no_positive_weight': (
     lambda terms: set_field(terms, ('pixel', 'weight'), 0.0),
     r"loss\.terms has no term with a positive weight.*'pixel'",
@@ -649,6 +812,19 @@ def test_validate_accepts_full_config():
   terms['gram']['epsilon'] = 0.01
 
   composite.validate(make_config(**terms), num_feature_maps=2)
+
+
+def test_validate_accepts_every_network():
+  terms = full_terms()
+  terms['gram'].update(network='random', seed=3, widths=(4, 8, 8))
+  terms['gram']['layers'] = (2,)
+  terms['features'].update(network='vgg16', weights_path='/data/vgg16.h5')
+  terms['features']['layers'] = ('block1_conv2', 'block3_conv3')
+  composite.validate(make_config(**terms), num_feature_maps=1)
+
+  terms['gram'].update(network='checkpoint', checkpoint_dir='runs/digits')
+  terms['gram']['layers'] = (5,)
+  composite.validate(make_config(**terms), num_feature_maps=1)
 
 
 def test_validate_accepts_plain_dict():

@@ -8,9 +8,15 @@ import glob
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from configs import test as test_config
+from models import autoencoder
+from models import feature_nets
+from train import checkpointing
+from train import train_state
 from train import trainer
 
 
@@ -187,6 +193,74 @@ def test_ssim_window_larger_than_images(data_dir, tmp_path):
   with pytest.raises(
     ValueError, match='window_size=29 is larger than the 28x28'
   ):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+
+  assert not os.path.exists(tmp_path / 'run')
+
+
+@pytest.fixture(scope='module')
+def feature_run(data_dir, tmp_path_factory):
+  """A 2-step run with gram on a random network and features on the encoder."""
+  workdir = str(tmp_path_factory.mktemp('feature_run'))
+  config = _config(data_dir, num_train_steps=2, log_every_steps=1)
+  config.loss.terms.gram.network = 'random'
+  config.loss.terms.gram.widths = (4, 8)
+  config.loss.terms.gram.layers = (0, 1)
+  config.loss.terms.features.weight = 0.5
+  config.loss.terms.features.layers = (0,)
+  summary = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, summary
+
+
+def test_feature_terms_train_finite(feature_run):
+  _, workdir, summary = feature_run
+
+  records = _read_metrics(workdir)
+
+  assert summary['step'] == 2
+  assert _train_steps(records) == [1, 2]
+  for term in ('gram', 'features'):
+    assert np.isfinite(summary[f'loss_terms/{term}']), term
+    for record in records:
+      if 'train/loss' in record:
+        value = record[f'train/loss_terms/{term}']
+        assert np.isfinite(value), (term, record['step'])
+
+
+def test_checkpoint_network_restores_encoder(feature_run):
+  config, workdir, _ = feature_run
+  image_shape = (28, 28, 1)
+  model = autoencoder.create_model(config.model, image_shape)
+  template = train_state.create_train_state(
+    config, model, image_shape, jax.random.key(1)
+  )
+  manager = checkpointing.create_manager(workdir, keep=1)
+  saved = checkpointing.restore_latest(manager, template).params
+  manager.close()
+
+  restored = feature_nets.restore_encoder_params(workdir)
+  encode = feature_nets.create(
+    {'network': 'checkpoint', 'checkpoint_dir': workdir}, model=None
+  )
+  images = np.random.default_rng(0).random((2, *image_shape), np.float32)
+
+  flat_saved = jax.tree_util.tree_leaves_with_path(saved['encoder'])
+  flat_restored = dict(jax.tree_util.tree_leaves_with_path(restored))
+  assert len(flat_saved) == len(flat_restored)
+  for path, leaf in flat_saved:
+    np.testing.assert_array_equal(flat_restored[path], leaf, err_msg=str(path))
+  expected = autoencoder.feature_extractor(model)(saved, images)
+  for feature, reference in zip(encode(None, images), expected, strict=True):
+    np.testing.assert_array_equal(feature, reference)
+
+
+def test_missing_vgg16_weights_leave_workdir_alone(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.loss.terms.gram.network = 'vgg16'
+  config.loss.terms.gram.layers = ('block1_conv2',)
+  config.loss.terms.gram.weights_path = str(tmp_path / 'missing.h5')
+
+  with pytest.raises((ValueError, FileNotFoundError), match='missing.h5'):
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
   assert not os.path.exists(tmp_path / 'run')
