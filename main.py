@@ -1,9 +1,10 @@
-"""Trains a convolutional autoencoder on the loss mix of a config file.
+"""Trains a convolutional autoencoder, or probes its loss terms.
 
-This file only parses flags and sets up the process; the training logic lives
-in `train/trainer.py`.
+This file only parses flags and sets up the process. Training lives in
+`train/trainer.py` and the loss response probe in `train/probe.py`.
 
   python main.py --config=configs/default.py --workdir=runs/digits
+  python main.py --mode=probe --config=configs/probe.py --workdir=runs/probe
 """
 
 from absl import app
@@ -12,10 +13,19 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from train import probe
 from train import trainer
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_enum(
+  'mode',
+  'train',
+  ['train', 'probe'],
+  'train: train and evaluate the autoencoder. probe: write every loss '
+  "term's response to perturbed test images (needs a config with a probe "
+  'field, such as configs/probe.py).',
+)
 flags.DEFINE_string(
   'workdir', None, 'Directory for checkpoints, logs and results.'
 )
@@ -54,7 +64,15 @@ def main(argv):
     jax.process_count(),
     jax.local_devices(),
   )
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if FLAGS.mode == 'probe':
+    if 'probe' not in FLAGS.config:
+      raise app.UsageError(
+        '--mode=probe needs a config with a probe field; use '
+        '--config=configs/probe.py or a config file that imports it.'
+      )
+    probe.run_probe(FLAGS.config, FLAGS.workdir)
+  else:
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -50,3 +50,28 @@ def test_invalid_override_fails_clearly(data_dir, tmp_path):
   assert result.returncode != 0
   assert 'loss.terms.edge.distance' in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_probe_mode_writes_outputs(data_dir, digits, tmp_path):
+  workdir = tmp_path / 'probe'
+  command = [
+    sys.executable,
+    os.path.join(REPO_ROOT, 'main.py'),
+    '--mode=probe',
+    '--config=' + os.path.join(REPO_ROOT, 'configs', 'probe.py'),
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    '--config.probe.num_images=4',
+    '--config.probe.brightness=(0.0, 0.2)',
+    '--config.probe.blur=(0.0, 1.0)',
+  ]
+
+  result = subprocess.run(
+    command, capture_output=True, text=True, timeout=300, check=False
+  )
+
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / 'probe.csv').exists()
+  assert (workdir / 'probe_brightness.png').exists()
+  assert 'Probe results are in' in result.stderr
+  assert not (workdir / 'summary.json').exists()
