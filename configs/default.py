@@ -27,6 +27,16 @@ def _feature_network_fields():
   }
 
 
+def _distance_option_fields():
+  """Returns the options of the distances, at their defaults.
+
+  Only the chosen distance reads its options: `delta` for 'huber', `epsilon`
+  for 'charbonnier', `alpha` and `scale` for 'robust'. They are listed on
+  every term with a distance so that the command line can override them.
+  """
+  return {'delta': 1.0, 'epsilon': 1e-3, 'alpha': 1.0, 'scale': 0.1}
+
+
 def get_config():
   """Returns the default training configuration."""
   config = ml_collections.ConfigDict()
@@ -56,19 +66,27 @@ def get_config():
   config.loss = ml_collections.ConfigDict()
   config.loss.terms = ml_collections.ConfigDict()
   config.loss.terms.pixel = ml_collections.ConfigDict(
-    {'weight': 1.0, 'distance': 'mse'}
+    {'weight': 1.0, 'distance': 'mse', **_distance_option_fields()}
   )
   config.loss.terms.edge = ml_collections.ConfigDict(
     {
       'weight': 0.05,
       'distance': 'mse',
+      **_distance_option_fields(),
       'output': 'components',
       'kernel': 'sobel',
       'padding': 'reflect',
     }
   )
+  # mean: 'channel' subtracts each channel's mean, 'image' one mean over all
+  # channels, so that a colour cast still costs.
   config.loss.terms.mean_shift = ml_collections.ConfigDict(
-    {'weight': 0.0, 'distance': 'mse'}
+    {
+      'weight': 0.0,
+      'distance': 'mse',
+      **_distance_option_fields(),
+      'mean': 'channel',
+    }
   )
   # The gram and features terms compare maps of a fixed feature network.
   # 'encoder' is the autoencoder's own encoder. 'random' has fixed random
@@ -80,6 +98,7 @@ def get_config():
     {
       'weight': 0.0,
       'distance': 'mse',
+      **_distance_option_fields(),
       'layers': (0, 1),
       'normalization': 'chw',
       **_feature_network_fields(),
@@ -89,16 +108,22 @@ def get_config():
     {
       'weight': 0.0,
       'distance': 'mse',
+      **_distance_option_fields(),
       # One index, so that configs with a one-stage encoder stay valid.
       'layers': (0,),
       **_feature_network_fields(),
     }
   )
   config.loss.terms.standardized = ml_collections.ConfigDict(
-    {'weight': 0.0, 'distance': 'mse'}
+    {'weight': 0.0, 'distance': 'mse', **_distance_option_fields()}
   )
   config.loss.terms.fourier = ml_collections.ConfigDict(
-    {'weight': 0.0, 'distance': 'mse'}
+    {'weight': 0.0, 'distance': 'mse', **_distance_option_fields()}
+  )
+  # Focal frequency loss: squared spectrum error, weighted by its magnitude
+  # to the power alpha.
+  config.loss.terms.focal_frequency = ml_collections.ConfigDict(
+    {'weight': 0.0, 'alpha': 1.0}
   )
   # Total variation of the reconstruction alone, a smoothness penalty.
   config.loss.terms.tv = ml_collections.ConfigDict({'weight': 0.0})

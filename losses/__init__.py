@@ -12,6 +12,7 @@ from losses.composite import validate
 from losses.distances import DISTANCES
 from losses.distances import bce_with_logits
 from losses.distances import charbonnier
+from losses.distances import focal_frequency
 from losses.distances import huber
 from losses.distances import log_cosh
 from losses.distances import mae
@@ -52,6 +53,7 @@ __all__ = [
   'bce_with_logits',
   'charbonnier',
   'edge_map',
+  'focal_frequency',
   'fourier_amplitude',
   'gram',
   'huber',

@@ -3,13 +3,14 @@
 The loss compares a batch of NHWC images x of shape [B, H, W, C] in [0, 1]
 with the autoencoder's logits of the same shape. The reconstruction is
 x_hat = sigmoid(logits). Most terms are a distance D from `losses.distances`
-applied after a transform from `losses.transforms`. The ssim, ms_ssim and tv
-terms are computed directly:
+applied after a transform from `losses.transforms`. The ssim, ms_ssim, tv
+and focal_frequency terms are computed directly:
 
   pixel       D(x, x_hat). With distance 'bce' it is the binary
               cross-entropy between the logits and targets x.
   edge        D(E(x), E(x_hat)) for a 3x3 edge kernel E, Sobel by default.
-  mean_shift  D(x - mean(x), x_hat - mean(x_hat)), means per image and channel.
+  mean_shift  D(x - mean(x), x_hat - mean(x_hat)), means per image and channel,
+              or per image over all channels with mean 'image'.
   standardized
               D(S(x), S(x_hat)), where S(x) = (x - mean(x)) / std(x) per
               image and channel, see `transforms.standardize`.
@@ -23,6 +24,9 @@ terms are computed directly:
               `losses.regularizers.total_variation`.
   fourier     D(|FFT2(x)|, |FFT2(x_hat)|), amplitude spectra over H and W
               per image and channel, see `transforms.fourier_amplitude`.
+  focal_frequency
+              focal frequency loss, the squared spectrum error weighted by
+              its own magnitude, see `distances.focal_frequency`.
 
 Config schema, one optional entry per term under `loss.terms`:
 
@@ -31,7 +35,8 @@ Config schema, one optional entry per term under `loss.terms`:
               default 'components'), kernel ('sobel', 'scharr', 'prewitt',
               'laplacian' or 'central', default 'sobel'), padding
               ('reflect', 'replicate' or 'zero', default 'reflect')
-  mean_shift: weight, distance
+  mean_shift: weight, distance, mean ('channel' or 'image', default
+              'channel')
   standardized: weight, distance
   gram:       weight, distance, layers, normalization ('none', 'hw' or
               'chw', default 'chw'), and the feature network fields below
@@ -42,6 +47,8 @@ Config schema, one optional entry per term under `loss.terms`:
   ms_ssim:    the fields of ssim
   tv:         weight
   fourier:    weight, distance
+  focal_frequency:
+              weight, alpha (positive, default 1.0)
 
 Feature network fields of the gram and features terms, built by
 `models.feature_nets.create`:
@@ -59,12 +66,12 @@ where they are VGG16 layer names such as 'block2_conv2'. A field that the
 chosen network does not read is ignored, so a config may carry the options
 of every network.
 
-The ssim, ms_ssim and tv terms have no distance. The ssim and ms_ssim window
-must fit inside the images. The config alone does not know the image size,
-so the trainer checks the window against the dataset before compiling, and
-the loss function checks it again when traced. MS-SSIM uses as
-many of its five scales as the window fits (`losses.structural.ms_ssim_scales`)
-and logs the count when traced.
+The ssim, ms_ssim, tv and focal_frequency terms have no distance. The ssim
+and ms_ssim window must fit inside the images. The config alone does not
+know the image size, so the trainer checks the window against the dataset
+before compiling, and the loss function checks it again when traced.
+MS-SSIM uses as many of its five scales as the window fits
+(`losses.structural.ms_ssim_scales`) and logs the count when traced.
 
 Any term with a distance may also set `delta` (used by the 'huber' distance),
 `epsilon` (used by 'charbonnier'), and `alpha` and `scale` (used by 'robust',
@@ -73,6 +80,27 @@ defaults 1.0 and 0.1). The edge magnitude keeps the default epsilon of
 `transforms.standardize`, so neither reads this field. All values are
 computed in float32 and every term returns one value per example, shape [B].
 The caller reduces over the batch.
+
+The loss function takes an optional per-pixel weight map `mask` of shape
+[B, H, W, 1] or [B, H, W, C] with values in [0, 1], which each term applies
+as follows:
+
+  pixel, edge, mean_shift, standardized
+              The distance's elementwise values are weighted by the mask and
+              divided by the mask's sum per example, see
+              `losses.distances`. A mask of ones gives the unmasked value.
+              The edge kernel, the means and the standard deviations still
+              read every pixel, so for these three terms a pixel of mask 0
+              still affects the value through its neighbours or the
+              statistics. For the pixel term it does not.
+  ssim        The SSIM map is averaged with the mask, cropped to the map's
+              positions (the window centres), as weights.
+  ms_ssim, gram, features, fourier, focal_frequency
+              x and x_hat are both multiplied by the mask before the term.
+  tv          x_hat is multiplied by the mask before the total variation.
+
+An example whose mask is 0 everywhere gets the value 0 from the weighted
+terms. The mask is not checked to lie in [0, 1].
 """
 
 from collections.abc import Callable
@@ -103,6 +131,7 @@ TERMS = (
   'standardized',
   'fourier',
   'features',
+  'focal_frequency',
 )
 # Terms built on structural similarity, 1 - SSIM or 1 - MS-SSIM.
 _STRUCTURAL_TERMS = ('ssim', 'ms_ssim')
@@ -135,7 +164,7 @@ _STRUCTURAL_FIELDS = ('weight', 'window', 'window_size', 'sigma', 'k1', 'k2')
 _TERM_FIELDS = {
   'pixel': _COMMON_FIELDS,
   'edge': (*_COMMON_FIELDS, 'output', 'kernel', 'padding'),
-  'mean_shift': _COMMON_FIELDS,
+  'mean_shift': (*_COMMON_FIELDS, 'mean'),
   'gram': (*_COMMON_FIELDS, 'layers', 'normalization', *_NETWORK_FIELDS),
   'features': (*_COMMON_FIELDS, 'layers', *_NETWORK_FIELDS),
   'ssim': _STRUCTURAL_FIELDS,
@@ -143,12 +172,14 @@ _TERM_FIELDS = {
   'tv': ('weight',),
   'standardized': _COMMON_FIELDS,
   'fourier': _COMMON_FIELDS,
+  'focal_frequency': ('weight', 'alpha'),
 }
 
 _DEFAULT_EDGE_OUTPUT = 'components'
 _DEFAULT_EDGE_KERNEL = 'sobel'
 _DEFAULT_EDGE_PADDING = 'reflect'
 _DEFAULT_GRAM_NORMALIZATION = 'chw'
+_DEFAULT_MEAN_SHIFT_MEAN = 'channel'
 # Defaults of the structural terms, those of `losses.structural.ssim`.
 _STRUCTURAL_DEFAULTS = {
   'window': 'gaussian',
@@ -160,12 +191,14 @@ _STRUCTURAL_DEFAULTS = {
 
 # encode_features(params, images) -> a feature network's NHWC feature maps.
 EncodeFeatures = Callable[[Any, jax.Array], Sequence[jax.Array]]
-# loss_fn(params, images, logits) -> (total [B], {term name: value [B]}).
-LossFn = Callable[
-  [Any, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]
+# loss_fn(params, images, logits, mask=None)
+#   -> (total [B], {term name: value [B]}).
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+# term(params, images, logits, reconstructions, mask) -> value [B], where
+# mask is None or broadcasts to images.
+_TermFn = Callable[
+  [Any, jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array
 ]
-# term(params, images, logits, reconstructions) -> value [B].
-_TermFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def _format_choices(choices: Sequence[str]) -> str:
@@ -428,6 +461,10 @@ def _validate_term(name: str, term: Any, num_feature_maps: int | None) -> None:
   if name == 'tv':
     return
 
+  if name == 'focal_frequency':
+    _validate_positive_option(f'{prefix}.alpha', term.get('alpha'))
+    return
+
   _validate_distance(name, f'{prefix}.distance', term.get('distance'))
   _validate_positive_option(f'{prefix}.delta', term.get('delta'))
   _validate_positive_option(f'{prefix}.epsilon', term.get('epsilon'))
@@ -441,6 +478,10 @@ def _validate_term(name: str, term: Any, num_feature_maps: int | None) -> None:
     _validate_choice(f'{prefix}.kernel', kernel, transforms.EDGE_KERNELS)
     padding = term.get('padding', _DEFAULT_EDGE_PADDING)
     _validate_choice(f'{prefix}.padding', padding, transforms.EDGE_PADDINGS)
+
+  if name == 'mean_shift':
+    mean = term.get('mean', _DEFAULT_MEAN_SHIFT_MEAN)
+    _validate_choice(f'{prefix}.mean', mean, transforms.MEAN_SHIFT_MEANS)
 
   if name == 'gram':
     normalization = term.get('normalization', _DEFAULT_GRAM_NORMALIZATION)
@@ -460,11 +501,12 @@ def validate(loss_config: Any, *, num_feature_maps: int | None = None) -> None:
   - The term name is one of TERMS, and every field is known for that term.
   - `weight` is a finite number >= 0.
   - `distance` is known, and 'bce' appears only on the pixel term. The ssim,
-    ms_ssim and tv terms have no distance.
+    ms_ssim, tv and focal_frequency terms have no distance.
   - `delta`, `epsilon` and `scale`, when set, are positive finite numbers,
-    and `alpha` is a real number or -inf.
-  - The edge `output`, `kernel` and `padding` and the gram `normalization`
-    are known choices.
+    and `alpha` is a real number or -inf, or a positive finite number on
+    the focal_frequency term.
+  - The edge `output`, `kernel` and `padding`, the mean_shift `mean` and
+    the gram `normalization` are known choices.
   - The ssim and ms_ssim `window` is a known choice, `window_size` is an odd
     positive integer, and `sigma`, `k1` and `k2`, when set, are positive
     finite numbers. Whether the window fits the images is checked when the
@@ -542,15 +584,15 @@ def _make_distance(term: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
 def _make_pixel_term(term: Any) -> _TermFn:
   if term.get('distance') == _BCE:
 
-    def bce_term(params, images, logits, reconstructions):
-      return distances.bce_with_logits(logits, images)
+    def bce_term(params, images, logits, reconstructions, mask):
+      return distances.bce_with_logits(logits, images, weights=mask)
 
     return bce_term
 
   distance = _make_distance(term)
 
-  def pixel_term(params, images, logits, reconstructions):
-    return distance(images, reconstructions)
+  def pixel_term(params, images, logits, reconstructions, mask):
+    return distance(images, reconstructions, weights=mask)
 
   return pixel_term
 
@@ -563,21 +605,26 @@ def _make_edge_term(term: Any) -> _TermFn:
     'padding': term.get('padding', _DEFAULT_EDGE_PADDING),
   }
 
-  def edge_term(params, images, logits, reconstructions):
+  def edge_term(params, images, logits, reconstructions, mask):
     target_edges = transforms.edge_map(images, **options)
     reconstruction_edges = transforms.edge_map(reconstructions, **options)
-    return distance(target_edges, reconstruction_edges)
+    if mask is not None and mask.shape[-1] > 1:
+      # Edge channel K * c + k is component k of image channel c.
+      components = target_edges.shape[-1] // mask.shape[-1]
+      mask = jnp.repeat(mask, components, axis=-1)
+    return distance(target_edges, reconstruction_edges, weights=mask)
 
   return edge_term
 
 
 def _make_mean_shift_term(term: Any) -> _TermFn:
   distance = _make_distance(term)
+  mean = term.get('mean', _DEFAULT_MEAN_SHIFT_MEAN)
 
-  def mean_shift_term(params, images, logits, reconstructions):
-    target_shifted = transforms.mean_shift(images)
-    reconstruction_shifted = transforms.mean_shift(reconstructions)
-    return distance(target_shifted, reconstruction_shifted)
+  def mean_shift_term(params, images, logits, reconstructions, mask):
+    target_shifted = transforms.mean_shift(images, mean=mean)
+    reconstruction_shifted = transforms.mean_shift(reconstructions, mean=mean)
+    return distance(target_shifted, reconstruction_shifted, weights=mask)
 
   return mean_shift_term
 
@@ -585,10 +632,12 @@ def _make_mean_shift_term(term: Any) -> _TermFn:
 def _make_standardized_term(term: Any) -> _TermFn:
   distance = _make_distance(term)
 
-  def standardized_term(params, images, logits, reconstructions):
+  def standardized_term(params, images, logits, reconstructions, mask):
     target_standardized = transforms.standardize(images)
     reconstruction_standardized = transforms.standardize(reconstructions)
-    return distance(target_standardized, reconstruction_standardized)
+    return distance(
+      target_standardized, reconstruction_standardized, weights=mask
+    )
 
   return standardized_term
 
@@ -596,7 +645,9 @@ def _make_standardized_term(term: Any) -> _TermFn:
 def _make_fourier_term(term: Any) -> _TermFn:
   distance = _make_distance(term)
 
-  def fourier_term(params, images, logits, reconstructions):
+  def fourier_term(params, images, logits, reconstructions, mask):
+    images = _apply_mask(images, mask)
+    reconstructions = _apply_mask(reconstructions, mask)
     target_amplitude = transforms.fourier_amplitude(images)
     reconstruction_amplitude = transforms.fourier_amplitude(reconstructions)
     return distance(target_amplitude, reconstruction_amplitude)
@@ -604,8 +655,38 @@ def _make_fourier_term(term: Any) -> _TermFn:
   return fourier_term
 
 
-def _tv_term(params, images, logits, reconstructions):
-  return regularizers.total_variation(reconstructions)
+def _make_focal_frequency_term(term: Any) -> _TermFn:
+  options = {}
+  if term.get('alpha') is not None:
+    options['alpha'] = float(term.get('alpha'))
+
+  def focal_frequency_term(params, images, logits, reconstructions, mask):
+    images = _apply_mask(images, mask)
+    reconstructions = _apply_mask(reconstructions, mask)
+    return distances.focal_frequency(images, reconstructions, **options)
+
+  return focal_frequency_term
+
+
+def _apply_mask(images: jax.Array, mask: jax.Array | None) -> jax.Array:
+  if mask is None:
+    return images
+  return images * mask
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Return sum(mask * values) / sum(mask) per example, 0 for a zero mask."""
+  weights = jnp.broadcast_to(mask, values.shape)
+  axes = tuple(range(1, values.ndim))
+  total_weight = jnp.sum(weights, axis=axes)
+  has_weight = total_weight > 0
+  safe_total_weight = jnp.where(has_weight, total_weight, 1.0)
+  weighted_sum = jnp.sum(weights * values, axis=axes)
+  return jnp.where(has_weight, weighted_sum / safe_total_weight, 0.0)
+
+
+def _tv_term(params, images, logits, reconstructions, mask):
+  return regularizers.total_variation(_apply_mask(reconstructions, mask))
 
 
 def _feature_indices(term: Any) -> tuple[int, ...]:
@@ -655,7 +736,9 @@ def _make_gram_term(term: Any, encode_features: EncodeFeatures) -> _TermFn:
   layers = _feature_indices(term)
   normalization = term.get('normalization', _DEFAULT_GRAM_NORMALIZATION)
 
-  def gram_term(params, images, logits, reconstructions):
+  def gram_term(params, images, logits, reconstructions, mask):
+    images = _apply_mask(images, mask)
+    reconstructions = _apply_mask(reconstructions, mask)
     pairs = _paired_features(
       'gram', encode_features, layers, params, images, reconstructions
     )
@@ -676,7 +759,9 @@ def _make_features_term(term: Any, encode_features: EncodeFeatures) -> _TermFn:
   distance = _make_distance(term)
   layers = _feature_indices(term)
 
-  def features_term(params, images, logits, reconstructions):
+  def features_term(params, images, logits, reconstructions, mask):
+    images = _apply_mask(images, mask)
+    reconstructions = _apply_mask(reconstructions, mask)
     pairs = _paired_features(
       'features', encode_features, layers, params, images, reconstructions
     )
@@ -697,7 +782,7 @@ def _make_structural_term(name: str, term: Any) -> _TermFn:
   similarity = structural.ssim if name == 'ssim' else structural.ms_ssim
   window_size = options['window_size']
 
-  def structural_term(params, images, logits, reconstructions):
+  def structural_term(params, images, logits, reconstructions, mask):
     _, height, width, _ = images.shape
     if window_size > min(height, width):
       raise ValueError(
@@ -718,7 +803,22 @@ def _make_structural_term(name: str, term: Any) -> _TermFn:
         window_size,
       )
 
-    return 1.0 - similarity(reconstructions, images, **options)
+    if mask is None:
+      return 1.0 - similarity(reconstructions, images, **options)
+
+    if name == 'ms_ssim':
+      masked_images = _apply_mask(images, mask)
+      masked_reconstructions = _apply_mask(reconstructions, mask)
+      return 1.0 - similarity(masked_reconstructions, masked_images, **options)
+
+    ssim_map = similarity(reconstructions, images, output='map', **options)
+    # Map position (i, j) is the window centred on pixel (i + r, j + r).
+    radius = window_size // 2
+    map_height, map_width = ssim_map.shape[1:3]
+    centre_mask = mask[
+      :, radius : radius + map_height, radius : radius + map_width, :
+    ]
+    return 1.0 - _masked_mean(ssim_map, centre_mask)
 
   return structural_term
 
@@ -737,6 +837,22 @@ def _check_batch(images: jax.Array, logits: jax.Array) -> None:
     )
 
 
+def _check_mask(images: jax.Array, mask: jax.Array | None) -> None:
+  if mask is None:
+    return
+
+  batch, height, width, channels = images.shape
+  if (
+    mask.ndim != 4
+    or mask.shape[:3] != (batch, height, width)
+    or (mask.shape[3] not in (1, channels))
+  ):
+    raise ValueError(
+      f'loss: mask must have shape [B, H, W, 1] or [B, H, W, C] for images '
+      f'of shape {images.shape}, got shape {mask.shape}.'
+    )
+
+
 def make_loss(
   loss_config: Any,
   *,
@@ -746,13 +862,16 @@ def make_loss(
 ) -> LossFn:
   """Build the jit-compiled weighted loss described by `loss_config`.
 
-  The returned `loss_fn(params, images, logits)` takes NHWC images x in
-  [0, 1] and the autoencoder's logits of the same shape [B, H, W, C], and
-  returns `(total, values)`. `values` maps each computed term name to its
-  unweighted per-example value of shape [B]. `total` of shape [B] is the
-  sum of weight * value over the terms with a positive weight. The
-  reconstruction is sigmoid(logits). Binary cross-entropy on the pixel term
-  reads the logits, and every other term reads the reconstruction.
+  The returned `loss_fn(params, images, logits, mask=None)` takes NHWC
+  images x in [0, 1], the autoencoder's logits of the same shape
+  [B, H, W, C] and an optional per-pixel weight map `mask` of shape
+  [B, H, W, 1] or [B, H, W, C] in [0, 1], applied per term as the module
+  docstring describes. It returns `(total, values)`. `values` maps each
+  computed term name to its unweighted per-example value of shape [B].
+  `total` of shape [B] is the sum of weight * value over the terms with a
+  positive weight. The reconstruction is sigmoid(logits). Binary
+  cross-entropy on the pixel term reads the logits, and every other term
+  reads the reconstruction.
 
   The gram and features terms call `encode_features(stop_gradient(params),
   ...)` on x and on the reconstruction, and the features of x are under
@@ -775,7 +894,8 @@ def make_loss(
 
   Returns:
     The jit-compiled `loss_fn`. It raises ValueError when traced if images
-    are not rank 4, if logits have a different shape, if a gram layer index
+    are not rank 4, if logits have a different shape, if the mask has a
+    shape other than [B, H, W, 1] or [B, H, W, C], if a gram layer index
     is not below the number of feature maps, or if the window of a computed
     ssim or ms_ssim term is larger than the image height or width.
 
@@ -827,18 +947,25 @@ def make_loss(
       term_fns[name] = _tv_term
     elif name == 'fourier':
       term_fns[name] = _make_fourier_term(term)
+    elif name == 'focal_frequency':
+      term_fns[name] = _make_focal_frequency_term(term)
     else:
       term_fns[name] = _make_structural_term(name, term)
 
-  def loss_fn(params, images, logits):
+  def loss_fn(params, images, logits, mask=None):
     _check_batch(images, logits)
+    _check_mask(images, mask)
     images = images.astype(jnp.float32)
     logits = logits.astype(jnp.float32)
+    if mask is not None:
+      mask = mask.astype(jnp.float32)
     reconstructions = jax.nn.sigmoid(logits)
 
     values = {}
     for name in computed:
-      values[name] = term_fns[name](params, images, logits, reconstructions)
+      values[name] = term_fns[name](
+        params, images, logits, reconstructions, mask
+      )
 
     total = jnp.zeros(images.shape[0], dtype=jnp.float32)
     for name in weighted:

@@ -6,6 +6,16 @@ shape [B]. Each value is the mean of the elementwise term over every non-batch
 axis, and the caller reduces over the batch. Shapes are checked when the
 function is traced, and a mismatch raises ValueError.
 
+The distances that compare two arrays elementwise (all but `psnr` and
+`focal_frequency`) take an optional
+keyword `weights`, an array of the rank of the inputs with the batch size
+of the inputs and each other axis of their size or of size 1, such as a
+[B, H, W, 1] mask for NHWC images. The mean then becomes the weighted mean
+sum(w * term) / sum(w) per example, with `w` broadcast to the inputs. So
+weights of ones give exactly the unweighted value, and an element of weight
+0 does not affect the value or receive a gradient. An example whose weights
+sum to 0 has the value 0. Weights should be >= 0, which is not checked.
+
 Float options (`delta`, `epsilon`, `alpha`, `scale`, `data_range`) are static
 arguments, so they must be Python numbers, and each new value compiles a new
 function.
@@ -38,29 +48,67 @@ def _check_positive(name: str, option: str, value: float) -> None:
     raise ValueError(f'{name}: {option} must be positive, got {value!r}.')
 
 
-def _mean_per_example(values: jax.Array) -> jax.Array:
-  """Average over every axis except the leading batch axis."""
-  return jnp.mean(values, axis=tuple(range(1, values.ndim)))
+def _check_weights(name: str, values: jax.Array, weights: jax.Array) -> None:
+  """Raise ValueError unless `weights` broadcasts to `values` as documented."""
+  is_broadcastable = weights.ndim == values.ndim and all(
+    size in (1, expected)
+    for size, expected in zip(weights.shape[1:], values.shape[1:], strict=True)
+  )
+  if not is_broadcastable or weights.shape[0] != values.shape[0]:
+    raise ValueError(
+      f'{name}: weights must have the rank and batch size of the inputs, and '
+      f'each other axis of their size or of size 1, got shape '
+      f'{weights.shape} for inputs of shape {values.shape}.'
+    )
+
+
+def _mean_per_example(
+  values: jax.Array, weights: jax.Array | None = None, name: str = ''
+) -> jax.Array:
+  """Average over every axis except the leading batch axis.
+
+  With `weights`, return the weighted mean sum(w * values) / sum(w) per
+  example, and 0 where the weights of an example sum to 0.
+  """
+  axes = tuple(range(1, values.ndim))
+  if weights is None:
+    return jnp.mean(values, axis=axes)
+
+  _check_weights(name, values, weights)
+  weights = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
+  total_weight = jnp.sum(weights, axis=axes)
+
+  # The where keeps the division finite, and its gradient too, where an
+  # example's weights sum to 0.
+  has_weight = total_weight > 0
+  safe_total_weight = jnp.where(has_weight, total_weight, 1.0)
+  weighted_sum = jnp.sum(weights * values, axis=axes)
+  return jnp.where(has_weight, weighted_sum / safe_total_weight, 0.0)
 
 
 @jax.jit
-def mse(a: jax.Array, b: jax.Array) -> jax.Array:
+def mse(
+  a: jax.Array, b: jax.Array, *, weights: jax.Array | None = None
+) -> jax.Array:
   """Compute the mean squared error per example, mean((a - b)^2).
 
   Args:
     a: array of shape [B, ...].
     b: array of the same shape as `a`.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
   """
   _check_pair('mse', a, b)
   difference = a.astype(jnp.float32) - b.astype(jnp.float32)
-  return _mean_per_example(jnp.square(difference))
+  return _mean_per_example(jnp.square(difference), weights, 'mse')
 
 
 @jax.jit
-def mae(a: jax.Array, b: jax.Array) -> jax.Array:
+def mae(
+  a: jax.Array, b: jax.Array, *, weights: jax.Array | None = None
+) -> jax.Array:
   """Compute the mean absolute error per example, mean(|a - b|).
 
   The gradient uses the subgradient sign(a - b), which is 0 where a == b.
@@ -68,6 +116,7 @@ def mae(a: jax.Array, b: jax.Array) -> jax.Array:
   Args:
     a: array of shape [B, ...].
     b: array of the same shape as `a`.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
@@ -79,11 +128,13 @@ def mae(a: jax.Array, b: jax.Array) -> jax.Array:
   # jax.grad(jnp.abs) is 1 at 0 (JAX 0.10.2), so matched pixels would still
   # receive a gradient.
   absolute = difference * jax.lax.stop_gradient(jnp.sign(difference))
-  return _mean_per_example(absolute)
+  return _mean_per_example(absolute, weights, 'mae')
 
 
 @jax.jit
-def rmse(a: jax.Array, b: jax.Array) -> jax.Array:
+def rmse(
+  a: jax.Array, b: jax.Array, *, weights: jax.Array | None = None
+) -> jax.Array:
   """Compute the root mean squared error per example, sqrt(mean((a - b)^2)).
 
   The value is exact, with no epsilon added. Where a == b for a whole example,
@@ -93,12 +144,13 @@ def rmse(a: jax.Array, b: jax.Array) -> jax.Array:
   Args:
     a: array of shape [B, ...].
     b: array of the same shape as `a`.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
   """
   _check_pair('rmse', a, b)
-  mean_squared = mse(a, b)
+  mean_squared = mse(a, b, weights=weights)
 
   # jnp.where differentiates both branches, so the sqrt must never see 0. The
   # inner where feeds it 1 instead, and the outer one discards that result.
@@ -109,7 +161,13 @@ def rmse(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=('delta',))
-def huber(a: jax.Array, b: jax.Array, *, delta: float = 1.0) -> jax.Array:
+def huber(
+  a: jax.Array,
+  b: jax.Array,
+  *,
+  delta: float = 1.0,
+  weights: jax.Array | None = None,
+) -> jax.Array:
   """Compute the mean Huber loss per example.
 
   With d = a - b, each element contributes 0.5 * d^2 where |d| <= delta and
@@ -122,6 +180,7 @@ def huber(a: jax.Array, b: jax.Array, *, delta: float = 1.0) -> jax.Array:
     a: array of shape [B, ...].
     b: array of the same shape as `a`.
     delta: positive threshold on |a - b| where the loss turns linear.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
@@ -133,12 +192,17 @@ def huber(a: jax.Array, b: jax.Array, *, delta: float = 1.0) -> jax.Array:
   absolute = jnp.abs(difference)
   quadratic = 0.5 * jnp.square(difference)
   linear = delta * (absolute - 0.5 * delta)
-  return _mean_per_example(jnp.where(absolute <= delta, quadratic, linear))
+  elementwise = jnp.where(absolute <= delta, quadratic, linear)
+  return _mean_per_example(elementwise, weights, 'huber')
 
 
 @functools.partial(jax.jit, static_argnames=('epsilon',))
 def charbonnier(
-  a: jax.Array, b: jax.Array, *, epsilon: float = 1e-3
+  a: jax.Array,
+  b: jax.Array,
+  *,
+  epsilon: float = 1e-3,
+  weights: jax.Array | None = None,
 ) -> jax.Array:
   """Compute the mean Charbonnier loss per example.
 
@@ -155,6 +219,7 @@ def charbonnier(
     a: array of shape [B, ...].
     b: array of the same shape as `a`.
     epsilon: positive smoothing scale, in the units of a and b.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
@@ -164,11 +229,13 @@ def charbonnier(
   difference = a.astype(jnp.float32) - b.astype(jnp.float32)
 
   smoothed = jnp.sqrt(jnp.square(difference) + epsilon**2) - epsilon
-  return _mean_per_example(smoothed)
+  return _mean_per_example(smoothed, weights, 'charbonnier')
 
 
 @jax.jit
-def log_cosh(a: jax.Array, b: jax.Array) -> jax.Array:
+def log_cosh(
+  a: jax.Array, b: jax.Array, *, weights: jax.Array | None = None
+) -> jax.Array:
   """Compute the mean log-cosh loss per example, mean(log(cosh(a - b))).
 
   Each element is about d^2 / 2 for small d = a - b and about |d| - log(2)
@@ -180,6 +247,7 @@ def log_cosh(a: jax.Array, b: jax.Array) -> jax.Array:
   Args:
     a: array of shape [B, ...].
     b: array of the same shape as `a`.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
@@ -189,7 +257,7 @@ def log_cosh(a: jax.Array, b: jax.Array) -> jax.Array:
 
   absolute = jnp.abs(difference)
   elementwise = absolute + jnp.log1p(0.5 * jnp.expm1(-2.0 * absolute))
-  return _mean_per_example(elementwise)
+  return _mean_per_example(elementwise, weights, 'log_cosh')
 
 
 def _check_alpha(name: str, alpha: float) -> None:
@@ -201,7 +269,12 @@ def _check_alpha(name: str, alpha: float) -> None:
 
 @functools.partial(jax.jit, static_argnames=('alpha', 'scale'))
 def robust(
-  a: jax.Array, b: jax.Array, *, alpha: float = 1.0, scale: float = 0.1
+  a: jax.Array,
+  b: jax.Array,
+  *,
+  alpha: float = 1.0,
+  scale: float = 0.1,
+  weights: jax.Array | None = None,
 ) -> jax.Array:
   """Compute the mean of Barron's general robust loss per example.
 
@@ -223,6 +296,7 @@ def robust(
       penalise large differences less.
     scale: positive width of the quadratic bowl around 0, in the units of a
       and b.
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
@@ -243,11 +317,16 @@ def robust(
     shift = abs(alpha - 2.0)
     power = jnp.expm1(0.5 * alpha * jnp.log1p(squared / shift))
     elementwise = shift / alpha * power
-  return _mean_per_example(elementwise)
+  return _mean_per_example(elementwise, weights, 'robust')
 
 
 @jax.jit
-def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+def bce_with_logits(
+  logits: jax.Array,
+  targets: jax.Array,
+  *,
+  weights: jax.Array | None = None,
+) -> jax.Array:
   """Compute the mean binary cross-entropy per example from logits.
 
   Each element contributes -t * log(sigmoid(z)) - (1 - t) * log(1 - sigmoid(z))
@@ -265,6 +344,7 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
   Args:
     logits: array of shape [B, ...], the pre-sigmoid outputs.
     targets: array of the same shape with values in [0, 1].
+    weights: optional elementwise weights, see the module docstring.
 
   Returns:
     float32 array of shape [B].
@@ -274,7 +354,7 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
   targets = targets.astype(jnp.float32)
 
   elementwise = jax.nn.softplus(logits) - logits * targets
-  return _mean_per_example(elementwise)
+  return _mean_per_example(elementwise, weights, 'bce_with_logits')
 
 
 @functools.partial(jax.jit, static_argnames=('data_range',))
@@ -302,6 +382,60 @@ def psnr(a: jax.Array, b: jax.Array, *, data_range: float = 1.0) -> jax.Array:
 
   mean_squared = mse(a, b)
   return 10.0 * jnp.log10(data_range**2 / mean_squared)
+
+
+@functools.partial(jax.jit, static_argnames=('alpha',))
+def focal_frequency(
+  a: jax.Array, b: jax.Array, *, alpha: float = 1.0
+) -> jax.Array:
+  """Compute the focal frequency loss per example.
+
+  From L. Jiang, B. Dai, W. Wu and C. C. Loy, "Focal Frequency Loss for Image
+  Reconstruction and Synthesis", ICCV 2021. F is the orthonormal 2-D DFT over
+  H and W of each image and channel, as numpy.fft.fft2(x, axes=(1, 2),
+  norm='ortho'), and d = |F(a) - F(b)|^2 per frequency. The spectrum weight
+  w = d^(alpha / 2), divided by its maximum over H, W and C of each example,
+  lies in [0, 1] and is held fixed under stop_gradient, so it only picks the
+  frequencies that the gradient of d concentrates on. The value is mean(w * d)
+  over H, W and C. Where d is 0 for a whole example, w is defined as 0, so
+  the value and its gradient are 0 there.
+
+  Args:
+    a: array of shape [B, H, W, C].
+    b: array of the same shape as `a`.
+    alpha: positive exponent of the weight. Larger values focus more on the
+      frequencies with the largest error.
+
+  Returns:
+    float32 array of shape [B].
+  """
+  _check_pair('focal_frequency', a, b)
+  if a.ndim != 4:
+    raise ValueError(
+      f'focal_frequency: inputs must be NHWC with shape [B, H, W, C], got '
+      f'shape {a.shape}.'
+    )
+  if not (alpha > 0 and math.isfinite(alpha)):
+    raise ValueError(
+      f'focal_frequency: alpha must be a positive finite number, got {alpha!r}.'
+    )
+
+  spectrum_difference = jnp.fft.fft2(
+    a.astype(jnp.float32) - b.astype(jnp.float32), axes=(1, 2), norm='ortho'
+  )
+  squared_error = jnp.square(spectrum_difference.real) + jnp.square(
+    spectrum_difference.imag
+  )
+
+  # alpha > 0, so error ** (alpha / 2) is 0 where error is 0. The where
+  # avoids 0 / 0 for an example whose error is 0 everywhere.
+  error = jax.lax.stop_gradient(squared_error)
+  power = error ** (0.5 * alpha)
+  maximum = jnp.max(power, axis=(1, 2, 3), keepdims=True)
+  has_maximum = maximum > 0
+  safe_maximum = jnp.where(has_maximum, maximum, 1.0)
+  weight = jnp.where(has_maximum, power / safe_maximum, 0.0)
+  return jnp.mean(weight * squared_error, axis=(1, 2, 3))
 
 
 # Distances that compare two images of the same kind, keyed by their config

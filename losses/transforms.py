@@ -16,6 +16,7 @@ SOBEL_OUTPUTS = ('components', 'magnitude')
 EDGE_OUTPUTS = SOBEL_OUTPUTS
 EDGE_KERNELS = ('sobel', 'scharr', 'prewitt', 'laplacian', 'central')
 GRAM_NORMALIZATIONS = ('none', 'hw', 'chw')
+MEAN_SHIFT_MEANS = ('channel', 'image')
 
 # Border modes of `edge_map`, mapped to their numpy.pad mode. 'reflect'
 # repeats the edge pixel (d c b a | a b c d), which numpy calls 'symmetric'
@@ -196,23 +197,35 @@ def sobel(
   return _edge_map('sobel', images, 'sobel', output, 'reflect', epsilon)
 
 
-@jax.jit
-def mean_shift(images: jax.Array) -> jax.Array:
-  """Subtract from each image its per-channel mean over H and W.
+@functools.partial(jax.jit, static_argnames=('mean',))
+def mean_shift(images: jax.Array, *, mean: str = 'channel') -> jax.Array:
+  """Subtract from each image its mean, per channel or over all channels.
 
-  Adding a constant to one channel of an image leaves the output unchanged,
-  so a distance between mean-shifted images ignores global brightness shifts.
+  With mean='channel', adding a constant to one channel of an image leaves
+  the output unchanged. With mean='image', adding one constant to every
+  channel leaves it unchanged, but a shift of one channel against the others
+  still shows. So a distance between mean-shifted images ignores global
+  brightness shifts, and with 'image' it still sees colour casts.
 
   Args:
     images: array of shape [B, H, W, C].
+    mean: 'channel' subtracts the mean over H and W of each channel, and
+      'image' subtracts one mean over H, W and C.
 
   Returns:
-    float32 array of shape [B, H, W, C] whose mean over H and W is 0 for
-    every image and channel, up to float32 rounding.
+    float32 array of shape [B, H, W, C] whose mean over H and W ('channel')
+    or over H, W and C ('image') is 0 for every image, up to float32
+    rounding.
   """
   _check_nhwc('mean_shift', images)
+  if mean not in MEAN_SHIFT_MEANS:
+    raise ValueError(
+      f'mean_shift: mean must be one of {MEAN_SHIFT_MEANS}, got {mean!r}.'
+    )
+
   images = images.astype(jnp.float32)
-  return images - jnp.mean(images, axis=(1, 2), keepdims=True)
+  axes = (1, 2) if mean == 'channel' else (1, 2, 3)
+  return images - jnp.mean(images, axis=axes, keepdims=True)
 
 
 @functools.partial(jax.jit, static_argnames=('epsilon',))

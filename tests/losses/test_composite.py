@@ -76,6 +76,7 @@ def full_terms():
     'features': {'weight': 0.0, 'distance': 'mae', 'layers': (1,)},
     'ssim': {'weight': 0.0, 'window_size': 5},
     'ms_ssim': {'weight': 0.0, 'window': 'uniform', 'window_size': 3},
+    'focal_frequency': {'weight': 0.0, 'alpha': 1.0},
   }
 
 
@@ -140,6 +141,7 @@ TERM_CASES += [
   ('edge', 'mse', {'kernel': 'scharr', 'padding': 'replicate'}),
   ('edge', 'rmse', {'kernel': 'laplacian', 'padding': 'zero'}),
   ('edge', 'mae', {'kernel': 'central', 'output': 'magnitude'}),
+  ('mean_shift', 'mse', {'mean': 'image'}),
 ]
 
 
@@ -190,6 +192,55 @@ def test_mean_shift_ignores_constant(distance):
     )
 
   assert np.all(np.asarray(base) > 0)
+
+
+@pytest.mark.parametrize(
+  ('mean', 'offset'),
+  [
+    ('channel', np.array([0.1, 0.3, -0.15], dtype=np.float32)),
+    ('image', np.float32(0.3)),
+  ],
+)
+def test_mean_shift_mean_invariance(mean, offset):
+  rng = np.random.default_rng(3)
+  images = rng.uniform(0.2, 0.6, SHAPE).astype(np.float32)
+  reconstructions = rng.uniform(0.2, 0.6, SHAPE).astype(np.float32)
+  loss_fn = composite.make_loss(term_config('mean_shift', 'mse', mean=mean))
+
+  base, _ = loss_fn(None, images, logit(reconstructions))
+  shifted, _ = loss_fn(None, images + offset, logit(reconstructions + offset))
+
+  np.testing.assert_allclose(shifted, base, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('mean', ['channel', 'image'])
+def test_mean_shift_term_matches_numpy(mean):
+  images, logits = random_batch(seed=4)
+  loss_fn = composite.make_loss(term_config('mean_shift', 'mse', mean=mean))
+
+  _, values = loss_fn(None, images, logits)
+
+  axes = (1, 2) if mean == 'channel' else (1, 2, 3)
+  target = np.asarray(images, np.float64)
+  output = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+  target = target - target.mean(axis=axes, keepdims=True)
+  output = output - output.mean(axis=axes, keepdims=True)
+  expected = np.mean(np.square(target - output), axis=(1, 2, 3))
+  np.testing.assert_allclose(values['mean_shift'], expected, rtol=1e-5)
+
+
+def test_mean_shift_image_sees_channel_offset():
+  rng = np.random.default_rng(5)
+  images = rng.uniform(0.3, 0.7, SHAPE).astype(np.float32)
+  offset = np.array([0.2, -0.2, 0.0], dtype=np.float32)
+  values = {}
+  for mean in ('channel', 'image'):
+    loss_fn = composite.make_loss(term_config('mean_shift', 'mse', mean=mean))
+    _, terms = loss_fn(None, images, logit(images + offset))
+    values[mean] = np.asarray(terms['mean_shift'])
+
+  assert np.all(values['channel'] < 1e-8)
+  assert np.all(values['image'] > 1e-2)
 
 
 def test_gram_holds_encoder_fixed():
@@ -376,6 +427,28 @@ def test_edge_matches_direct_sobel():
   np.testing.assert_allclose(values['edge'], expected, rtol=1e-6)
 
 
+def test_default_config_distance_options_override():
+  config = default.get_config()
+  for name, term in config.loss.terms.items():
+    if 'distance' in term:
+      assert term.delta == 1.0, name
+      assert term.epsilon == 1e-3, name
+      assert term.alpha == 1.0, name
+      assert term.scale == 0.1, name
+
+  config.loss.terms.pixel.distance = 'huber'
+  config.loss.terms.pixel.delta = 0.5
+  config.loss.terms.edge.weight = 0.0
+  images, logits = random_batch(seed=8)
+  _, values = composite.make_loss(config.loss)(None, images, logits)
+
+  reconstructions = jax.nn.sigmoid(logits)
+  expected = distances.huber(images, reconstructions, delta=0.5)
+  np.testing.assert_allclose(values['pixel'], expected, rtol=1e-6)
+  default_delta = distances.huber(images, reconstructions)
+  assert not np.allclose(values['pixel'], default_delta)
+
+
 @pytest.mark.parametrize(
   ('distance', 'field', 'value', 'function'),
   [
@@ -412,6 +485,7 @@ def weighted_terms():
   terms['features']['weight'] = 0.2
   terms['ssim']['weight'] = 0.75
   terms['ms_ssim']['weight'] = 0.3
+  terms['focal_frequency']['weight'] = 0.8
   return terms
 
 
@@ -534,6 +608,21 @@ REJECTED_CONFIGS = {
     lambda terms: set_field(terms, ('edge', 'padding'), 'wrap'),
     r"loss\.terms\.edge\.padding is 'wrap', which is invalid",
     "'reflect', 'replicate', 'zero'",
+  ),
+  'zero_focal_frequency_alpha': (
+    lambda terms: set_field(terms, ('focal_frequency', 'alpha'), 0.0),
+    r'loss\.terms\.focal_frequency\.alpha is 0\.0, which is invalid',
+    'positive finite number',
+  ),
+  'focal_frequency_distance': (
+    lambda terms: set_field(terms, ('focal_frequency', 'distance'), 'mse'),
+    r'loss\.terms\.focal_frequency\.distance is not a known field',
+    "'weight', 'alpha'",
+  ),
+  'unknown_mean_shift_mean': (
+    lambda terms: set_field(terms, ('mean_shift', 'mean'), 'pixel'),
+    r"loss\.terms\.mean_shift\.mean is 'pixel', which is invalid",
+    "'channel', 'image'",
   ),
   'nan_alpha': (
     lambda terms: set_field(terms, ('pixel', 'alpha'), float('nan')),
@@ -986,3 +1075,161 @@ def test_fourier_term_matches_direct_amplitude():
   np.testing.assert_allclose(
     values['fourier'], distances.mae(target, amplitude), rtol=1e-6
   )
+
+
+def all_terms_loss():
+  """Return a loss that computes every term, each with weight 1."""
+  terms = full_terms()
+  for term in terms.values():
+    term['weight'] = 1.0
+  return composite.make_loss(
+    make_config(**terms), encode_features=encode_features
+  )
+
+
+@pytest.mark.parametrize('channels', [1, SHAPE[3]])
+def test_mask_of_ones_matches_unmasked(channels):
+  images, logits = random_batch(seed=9)
+  loss_fn = all_terms_loss()
+  ones = jnp.ones((*SHAPE[:3], channels), jnp.float32)
+
+  params = make_params()
+  total, values = loss_fn(params, images, logits)
+  masked_total, masked_values = loss_fn(params, images, logits, ones)
+
+  for name in composite.TERMS:
+    np.testing.assert_allclose(
+      masked_values[name], values[name], rtol=1e-5, atol=1e-7, err_msg=name
+    )
+  np.testing.assert_allclose(masked_total, total, rtol=1e-5)
+
+
+def half_mask(channels=1):
+  """Return a mask that is 1 on the top half of each image and 0 below."""
+  mask = np.zeros((*SHAPE[:3], channels), np.float32)
+  mask[:, : SHAPE[1] // 2] = 1.0
+  return jnp.asarray(mask)
+
+
+# Terms whose value cannot depend on x_hat where the mask is 0.
+MASK_INDEPENDENT_CASES = [
+  ('pixel', distance, {}) for distance in (*ALL_DISTANCE_NAMES, 'bce')
+]
+MASK_INDEPENDENT_CASES += [
+  ('gram', 'mse', {}),
+  ('features', 'mae', {}),
+  ('fourier', 'mse', {}),
+  ('tv', None, {}),
+  ('ms_ssim', None, {'window_size': 3}),
+  ('focal_frequency', None, {}),
+]
+
+
+@pytest.mark.parametrize(
+  'case', MASK_INDEPENDENT_CASES, ids=lambda case: f'{case[0]}-{case[1]}'
+)
+def test_mask_zero_region_has_no_gradient(case):
+  term, distance, fields = case
+  images, logits = random_batch(seed=10)
+  loss_fn = composite.make_loss(
+    term_config(term, distance, **fields), encode_features=encode_features
+  )
+  mask = half_mask()
+  params = make_params()
+
+  def term_value(logits):
+    return jnp.sum(loss_fn(params, images, logits, mask)[1][term])
+
+  gradient = np.asarray(jax.grad(term_value)(logits))
+  changed_logits = logits.at[:, SHAPE[1] // 2 :].add(1.5)
+
+  assert np.all(gradient[:, SHAPE[1] // 2 :] == 0.0)
+  assert np.any(gradient[:, : SHAPE[1] // 2] != 0.0)
+  np.testing.assert_allclose(
+    term_value(changed_logits), term_value(logits), rtol=1e-6
+  )
+
+
+def test_mask_weights_pixel_term():
+  images, logits = random_batch(seed=11)
+  mask = np.random.default_rng(0).random((*SHAPE[:3], 1)).astype(np.float32)
+  loss_fn = composite.make_loss(term_config('pixel', 'mse'))
+
+  _, values = loss_fn(None, images, logits, jnp.asarray(mask))
+
+  reconstructions = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+  squared = np.square(np.asarray(images, np.float64) - reconstructions)
+  full_mask = np.broadcast_to(mask, SHAPE)
+  expected = np.sum(full_mask * squared, axis=(1, 2, 3)) / np.sum(
+    full_mask, axis=(1, 2, 3)
+  )
+  np.testing.assert_allclose(values['pixel'], expected, rtol=1e-5)
+
+
+def test_mask_weights_ssim_map_at_window_centres():
+  images, logits = random_batch(seed=12)
+  mask = half_mask(channels=SHAPE[3])
+  loss_fn = composite.make_loss(term_config('ssim', None, window_size=5))
+
+  _, values = loss_fn(None, images, logits, mask)
+
+  ssim_map = np.asarray(
+    structural.ssim(
+      jax.nn.sigmoid(logits), images, window_size=5, output='map'
+    ),
+    np.float64,
+  )
+  centre_mask = np.asarray(mask)[:, 2:6, 2:6, :]
+  expected = 1.0 - np.sum(centre_mask * ssim_map, axis=(1, 2, 3)) / np.sum(
+    centre_mask, axis=(1, 2, 3)
+  )
+  np.testing.assert_allclose(values['ssim'], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_per_channel_on_edge_components():
+  images, logits = random_batch(seed=13)
+  mask = np.ones((*SHAPE[:3], SHAPE[3]), np.float32)
+  mask[..., 1] = 0.0
+  loss_fn = composite.make_loss(term_config('edge', 'mse'))
+
+  _, values = loss_fn(None, images, logits, jnp.asarray(mask))
+
+  target = transforms.edge_map(images)
+  output = transforms.edge_map(jax.nn.sigmoid(logits))
+  # Components 2 and 3 belong to image channel 1, which the mask removes.
+  kept = np.asarray([0, 1, 4, 5])
+  expected = np.mean(
+    np.square(np.asarray(target - output, np.float64)[..., kept]),
+    axis=(1, 2, 3),
+  )
+  np.testing.assert_allclose(values['edge'], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  'shape',
+  [
+    (SHAPE[0], SHAPE[1], SHAPE[2]),
+    (SHAPE[0], SHAPE[1], SHAPE[2], 2),
+    (SHAPE[0], SHAPE[1], 4, 1),
+    (1, SHAPE[1], SHAPE[2], 1),
+  ],
+)
+def test_mask_shape_mismatch_raises(shape):
+  images, logits = random_batch()
+  loss_fn = composite.make_loss(term_config('pixel', 'mse'))
+
+  with pytest.raises(ValueError, match=r'loss: mask must have shape'):
+    loss_fn(None, images, logits, jnp.ones(shape))
+
+
+def test_focal_frequency_term_reads_config():
+  images, logits = random_batch(seed=14)
+  loss_fn = composite.make_loss(term_config('focal_frequency', None, alpha=2.0))
+
+  _, values = loss_fn(None, images, logits)
+
+  reconstructions = jax.nn.sigmoid(logits)
+  expected = distances.focal_frequency(images, reconstructions, alpha=2.0)
+  default = distances.focal_frequency(images, reconstructions)
+  np.testing.assert_allclose(values['focal_frequency'], expected, rtol=1e-6)
+  assert not np.allclose(values['focal_frequency'], default)

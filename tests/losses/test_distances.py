@@ -437,3 +437,144 @@ def test_robust_invalid_alpha_raises(alpha):
 
   with pytest.raises(ValueError, match=r'alpha must be a real number or -inf'):
     distances.robust(a, b, alpha=alpha)
+
+
+def random_weights(seed=0, shape=(SHAPE[0], SHAPE[1], SHAPE[2], 1)):
+  """Return integer weights in {0, 1, 2}, each example with some weight."""
+  rng = np.random.default_rng(seed)
+  weights = rng.integers(0, 3, shape).astype(np.float32)
+  weights[:, 0, 0] = 1.0
+  return weights
+
+
+@pytest.mark.parametrize('name', sorted(NUMPY_DISTANCES))
+@pytest.mark.parametrize('channels', [1, SHAPE[3]])
+def test_weighted_distance_matches_numpy(name, channels):
+  a, b = random_pair(seed=3)
+  weights = random_weights(shape=(*SHAPE[:3], channels))
+
+  result = distances.DISTANCES[name](a, b, weights=jnp.asarray(weights))
+
+  # An integer weight w counts its element w times in an unweighted mean.
+  counts = np.broadcast_to(weights, SHAPE).astype(int)
+  expected = []
+  for i in range(SHAPE[0]):
+    repeated_a = np.repeat(a[i].ravel(), counts[i].ravel())[None]
+    repeated_b = np.repeat(b[i].ravel(), counts[i].ravel())[None]
+    expected.append(NUMPY_DISTANCES[name](repeated_a, repeated_b)[0])
+  assert result.dtype == jnp.float32
+  np.testing.assert_allclose(result, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', sorted(NUMPY_DISTANCES))
+def test_weights_of_ones_match_unweighted(name):
+  a, b = random_pair(seed=4)
+  ones = jnp.ones((*SHAPE[:3], 1), jnp.float32)
+
+  weighted = distances.DISTANCES[name](a, b, weights=ones)
+
+  np.testing.assert_allclose(weighted, distances.DISTANCES[name](a, b), 1e-6)
+
+
+def test_weighted_bce_matches_numpy():
+  logits, targets = random_pair(seed=5)
+  logits = 4.0 * logits - 2.0
+  weights = random_weights(seed=1)
+
+  result = distances.bce_with_logits(logits, targets, weights=weights)
+
+  elementwise = np.logaddexp(0.0, np.float64(logits)) - logits * targets
+  full_weights = np.broadcast_to(weights, SHAPE)
+  expected = (full_weights * elementwise).sum(axis=(1, 2, 3)) / (
+    full_weights.sum(axis=(1, 2, 3))
+  )
+  np.testing.assert_allclose(result, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', sorted(NUMPY_DISTANCES))
+def test_zero_weights_give_zero_and_finite_gradient(name):
+  a, b = random_pair(seed=6)
+  weights = np.ones((*SHAPE[:3], 1), np.float32)
+  weights[0] = 0.0
+  distance = distances.DISTANCES[name]
+
+  result = distance(a, b, weights=weights)
+  gradient = jax.grad(lambda x: jnp.sum(distance(a, x, weights=weights)))(b)
+
+  assert result[0] == 0.0
+  assert np.all(np.asarray(result[1:]) > 0)
+  assert np.all(np.isfinite(gradient))
+  assert np.all(np.asarray(gradient[0]) == 0.0)
+
+
+@pytest.mark.parametrize(
+  'shape',
+  [(SHAPE[0], SHAPE[1], SHAPE[2]), (SHAPE[0], SHAPE[1], 3, 1), (1, *SHAPE[1:])],
+)
+def test_weights_shape_mismatch_raises(shape):
+  a, b = random_pair()
+
+  with pytest.raises(ValueError, match=r'mse: weights must have the rank'):
+    distances.mse(a, b, weights=jnp.ones(shape))
+
+
+def numpy_focal_frequency(a, b, alpha):
+  """Transcribe the focal frequency loss in NumPy float64."""
+  spectrum_a = np.fft.fft2(np.float64(a), axes=(1, 2), norm='ortho')
+  spectrum_b = np.fft.fft2(np.float64(b), axes=(1, 2), norm='ortho')
+  error = np.abs(spectrum_a - spectrum_b) ** 2
+  weight = np.sqrt(error) ** alpha
+  weight = weight / weight.max(axis=(1, 2, 3), keepdims=True)
+  return (weight * error).mean(axis=(1, 2, 3))
+
+
+@pytest.mark.parametrize('alpha', [1.0, 0.5, 2.0])
+def test_focal_frequency_matches_numpy(alpha):
+  a, b = random_pair(seed=7)
+
+  result = distances.focal_frequency(a, b, alpha=alpha)
+
+  assert result.dtype == jnp.float32
+  expected = numpy_focal_frequency(a, b, alpha)
+  np.testing.assert_allclose(result, expected, rtol=1e-5)
+
+
+def test_focal_frequency_gradient_holds_weight_fixed():
+  a, b = random_pair(seed=8)
+
+  gradient = jax.grad(lambda x: jnp.sum(distances.focal_frequency(a, x)))(b)
+
+  # With the weight constant, the gradient of mean(w * |F(a - b)|^2) is
+  # -2 / N * IFFT2(w * F(a - b)), taken here with NumPy's orthonormal FFT.
+  spectrum = np.fft.fft2(np.float64(a) - b, axes=(1, 2), norm='ortho')
+  weight = np.abs(spectrum)
+  weight = weight / weight.max(axis=(1, 2, 3), keepdims=True)
+  weighted = np.fft.ifft2(weight * spectrum, axes=(1, 2), norm='ortho')
+  expected = -2.0 * weighted.real / np.prod(SHAPE[1:])
+  np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_focal_frequency_zero_with_finite_gradient_when_equal():
+  a, _ = random_pair(seed=9)
+
+  result = distances.focal_frequency(a, a)
+  gradient = jax.grad(lambda x: jnp.sum(distances.focal_frequency(a, x)))(a)
+
+  np.testing.assert_array_equal(result, np.zeros(SHAPE[0]))
+  assert np.all(np.isfinite(gradient))
+  np.testing.assert_array_equal(gradient, np.zeros(SHAPE))
+
+
+@pytest.mark.parametrize('alpha', [0.0, -1.0, float('inf')])
+def test_focal_frequency_invalid_alpha_raises(alpha):
+  a, b = random_pair()
+
+  with pytest.raises(ValueError, match=r'alpha must be a positive finite'):
+    distances.focal_frequency(a, b, alpha=alpha)
+
+
+def test_focal_frequency_non_nhwc_raises():
+  a, b = random_pair(shape=(3, 5, 6))
+
+  with pytest.raises(ValueError, match=r'NHWC.*\(3, 5, 6\)'):
+    distances.focal_frequency(a, b)

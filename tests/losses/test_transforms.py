@@ -177,6 +177,33 @@ def test_mean_shift_ignores_channel_offset():
   np.testing.assert_allclose(shifted, original, atol=1e-6)
 
 
+def test_mean_shift_image_matches_numpy():
+  images = random_images(seed=6)
+  expected = images - images.mean(axis=(1, 2, 3), keepdims=True)
+
+  result = transforms.mean_shift(images, mean='image')
+
+  assert result.dtype == jnp.float32
+  np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+def test_mean_shift_image_ignores_global_offset():
+  images = random_images(seed=8)
+
+  original = transforms.mean_shift(images, mean='image')
+  shifted = transforms.mean_shift(images + np.float32(0.25), mean='image')
+  channel_offset = np.array([0.1, -0.2, 0.3], dtype=np.float32)
+  cast = transforms.mean_shift(images + channel_offset, mean='image')
+
+  np.testing.assert_allclose(shifted, original, atol=1e-6)
+  assert not np.allclose(cast, original, atol=1e-3)
+
+
+def test_mean_shift_unknown_mean_raises():
+  with pytest.raises(ValueError, match=r"'channel', 'image'"):
+    transforms.mean_shift(random_images(), mean='pixel')
+
+
 # scipy.ndimage filters for each kernel, as (d/dy, d/dx) or (laplacian,) on
 # one 2-D plane with a scipy border mode. The Scharr kernel is written out
 # from its definition: the difference [-1, 0, 1] times the smoothing
