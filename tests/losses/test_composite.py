@@ -9,6 +9,7 @@ satisfy (shift invariance, held-fixed encoder, weighted total).
 import logging
 
 import jax
+from jax import test_util as jax_test_util
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -1233,3 +1234,22 @@ def test_focal_frequency_term_reads_config():
   default = distances.focal_frequency(images, reconstructions)
   np.testing.assert_allclose(values['focal_frequency'], expected, rtol=1e-6)
   assert not np.allclose(values['focal_frequency'], default)
+
+
+@pytest.mark.parametrize('term', sorted(full_terms()))
+def test_gradient_matches_finite_differences(term):
+  """jax.test_util.check_grads: reverse-mode gradient against central
+  differences, on random images where every term is smooth."""
+  settings = {**full_terms()[term], 'weight': 1.0}
+  loss_fn = composite.make_loss(
+    make_config(**{term: settings}), encode_features=encode_features
+  )
+  params = make_params()
+  images, logits = random_batch(seed=3)
+
+  def total(logits):
+    return loss_fn(params, images, logits)[0].sum()
+
+  jax_test_util.check_grads(
+    total, (logits,), order=1, modes=('rev',), eps=1e-3, atol=5e-2, rtol=5e-2
+  )
