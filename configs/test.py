@@ -3,8 +3,9 @@
 Command:
   python main.py --config=configs/test.py --workdir=/tmp/aeloss_test
 
-Runs 20 steps of a one-stage autoencoder on the embedded digits with every
-loss term active; it checks that the whole path runs, not that it learns.
+Runs 20 steps of a one-stage autoencoder on the embedded digits with the
+pixel, edge, mean-shift and Gram terms trained on and every other term
+evaluated. It checks that the whole path runs, not that it learns.
 """
 
 from configs import default

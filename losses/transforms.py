@@ -205,7 +205,7 @@ def mean_shift(images: jax.Array, *, mean: str = 'channel') -> jax.Array:
   the output unchanged. With mean='image', adding one constant to every
   channel leaves it unchanged, but a shift of one channel against the others
   still shows. So a distance between mean-shifted images ignores global
-  brightness shifts, and with 'image' it still sees colour casts.
+  brightness shifts, and with 'image' it still penalises colour casts.
 
   Args:
     images: array of shape [B, H, W, C].

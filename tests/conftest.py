@@ -1,7 +1,7 @@
 """Test-wide set-up: four fake CPU devices and one prepared data directory.
 
 XLA reads its flags once, when JAX first initialises a backend, so the flag is
-set here, before any test module imports JAX. Every test then sees four CPU
+set here, before any test module imports JAX. Every test then has four CPU
 devices; single-device code simply runs on the first.
 """
 

@@ -20,7 +20,7 @@ def create_learning_rate_schedule(config):
   Returns:
     An optax schedule: step -> learning rate. 'cosine' warms up linearly from 0
     over `warmup_steps`, then decays to 0 at `num_train_steps`; 'constant'
-    warms up the same way, then holds `learning_rate`.
+    warms up the same way, then stays at `learning_rate`.
   """
   warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
   if config.lr_schedule == 'cosine':
