@@ -277,20 +277,26 @@ def _validate_distance(name: str, field: str, distance: Any) -> None:
     )
 
 
-def _validate_layer_names(field: str, layers: Any) -> None:
-  fix = (
-    'Set it to a non-empty tuple of distinct VGG16 layer names, such as '
-    "('block1_conv2', 'block2_conv2', 'block3_conv3')"
-  )
+def _validate_layer_tuple(field: str, layers: Any, fix: str) -> None:
+  """Checks that `layers` is a non-empty tuple; the items are checked apart."""
   if layers is None:
     raise ValueError(f'{field} is missing. {fix}.')
 
+  # validate reports every config error as ValueError, wrong types included.
   if isinstance(layers, str) or not isinstance(layers, Sequence):
     message = f'{field} is {layers!r}, which is not a tuple. {fix}.'
     raise ValueError(message)  # noqa: TRY004
 
   if not layers:
     raise ValueError(f'{field} is empty. {fix}.')
+
+
+def _validate_layer_names(field: str, layers: Any) -> None:
+  fix = (
+    'Set it to a non-empty tuple of distinct VGG16 layer names, such as '
+    "('block1_conv2', 'block2_conv2', 'block3_conv3')"
+  )
+  _validate_layer_tuple(field, layers, fix)
 
   for layer in layers:
     if not isinstance(layer, str) or not layer:
@@ -309,16 +315,7 @@ def _validate_layers(
   if num_feature_maps is not None:
     fix += f' in 0..{num_feature_maps - 1}'
 
-  if layers is None:
-    raise ValueError(f'{field} is missing. {fix}.')
-
-  # validate reports every config error as ValueError, wrong types included.
-  if isinstance(layers, str) or not isinstance(layers, Sequence):
-    message = f'{field} is {layers!r}, which is not a tuple. {fix}.'
-    raise ValueError(message)  # noqa: TRY004
-
-  if not layers:
-    raise ValueError(f'{field} is empty. {fix}.')
+  _validate_layer_tuple(field, layers, fix)
 
   for layer in layers:
     is_index = isinstance(layer, numbers.Integral) and not isinstance(
@@ -863,9 +860,9 @@ def make_loss(
   """Build the jit-compiled weighted loss described by `loss_config`.
 
   The returned `loss_fn(params, images, logits, mask=None)` takes NHWC
-  images x in [0, 1], the autoencoder's logits of the same shape
-  [B, H, W, C] and an optional per-pixel weight map `mask` of shape
-  [B, H, W, 1] or [B, H, W, C] in [0, 1], applied per term as the module
+  images x in [0, 1] and the autoencoder's logits of the same shape
+  [B, H, W, C]. The optional per-pixel weight map `mask`, of shape
+  [B, H, W, 1] or [B, H, W, C] in [0, 1], applies per term as the module
   docstring describes. It returns `(total, values)`. `values` maps each
   computed term name to its unweighted per-example value of shape [B].
   `total` of shape [B] is the sum of weight * value over the terms with a
