@@ -1198,9 +1198,11 @@ def test_mask_per_channel_on_edge_components():
   target = transforms.edge_map(images)
   output = transforms.edge_map(jax.nn.sigmoid(logits))
   # Components 2 and 3 belong to image channel 1, which the mask removes.
-  kept = np.asarray([0, 1, 4, 5])
+  unmasked_components = np.asarray([0, 1, 4, 5])
   expected = np.mean(
-    np.square(np.asarray(target - output, np.float64)[..., kept]),
+    np.square(
+      np.asarray(target - output, np.float64)[..., unmasked_components]
+    ),
     axis=(1, 2, 3),
   )
   np.testing.assert_allclose(values['edge'], expected, rtol=1e-5)
