@@ -87,7 +87,9 @@ def get_config():
 
   config.ablation = ml_collections.ConfigDict()
   config.ablation.seeds = (0, 1, 2)
-  config.ablation.variants = ml_collections.ConfigDict(variants())
+  config.ablation.variants = ml_collections.ConfigDict(
+    variants(), sort_keys=False
+  )
   # Names of the variants to run; empty runs them all.
   config.ablation.only = ()
 
