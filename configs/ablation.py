@@ -14,7 +14,7 @@ while the mean-image baseline is 11.8 dB.
 
 Each variant names the terms it trains on, with their weights and options.
 Every other term of the base config gets weight 0 and is still evaluated.
-Run a subset with --config.ablation.only='("mse", "ssim")', or other seeds
+Run a subset with --config.ablation.names='("mse", "ssim")', or other seeds
 with --config.ablation.seeds='(0, 1, 2, 3, 4)'.
 """
 
@@ -87,10 +87,8 @@ def get_config():
 
   config.ablation = ml_collections.ConfigDict()
   config.ablation.seeds = (0, 1, 2)
-  config.ablation.variants = ml_collections.ConfigDict(
-    variants(), sort_keys=False
-  )
-  # Names of the variants to run; empty runs them all.
-  config.ablation.only = ()
+  config.ablation.variants = ml_collections.ConfigDict(variants())
+  # The variants to run, in the order the report lists them.
+  config.ablation.names = tuple(variants())
 
   return config
