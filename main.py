@@ -1,9 +1,12 @@
 """Trains a convolutional autoencoder, or probes its loss terms.
 
 This file only parses flags and sets up the process. Training lives in
-`train/trainer.py` and the loss response probe in `train/probe.py`.
+`train/trainer.py`, ablation sweeps in `train/sweep.py` and the loss response
+probe in `train/probe.py`.
 
   python main.py --config=configs/default.py --workdir=runs/digits
+  python main.py --mode=ablate --config=configs/ablation.py \
+    --workdir=runs/ablation
   python main.py --mode=probe --config=configs/probe.py --workdir=runs/probe
 """
 
@@ -14,6 +17,7 @@ import jax
 from ml_collections import config_flags
 
 from train import probe
+from train import sweep
 from train import trainer
 
 FLAGS = flags.FLAGS
@@ -21,8 +25,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'probe'],
-  'train: train and evaluate the autoencoder. probe: write every loss '
+  ['train', 'ablate', 'probe'],
+  'train: train and evaluate the autoencoder. ablate: train one model per '
+  'loss variant and seed and write a comparison report (needs a config with '
+  'an ablation field, such as configs/ablation.py). probe: write every loss '
   "term's response to perturbed test images (needs a config with a probe "
   'field, such as configs/probe.py).',
 )
@@ -71,6 +77,13 @@ def main(argv):
         '--config=configs/probe.py or a config file that imports it.'
       )
     probe.run_probe(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == 'ablate':
+    if 'ablation' not in FLAGS.config:
+      raise app.UsageError(
+        '--mode=ablate needs a config with an ablation field; use '
+        '--config=configs/ablation.py or a config file that imports it.'
+      )
+    sweep.run_sweep(FLAGS.config, FLAGS.workdir)
   else:
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

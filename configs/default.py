@@ -154,6 +154,9 @@ def get_config():
 
   # Evaluation, logging and checkpoints, in steps.
   config.eval_batch_size = 500
+  # Whether evaluation also computes the terms with weight 0. The fixed
+  # metric suite of train/metrics.py is always computed.
+  config.eval_all_terms = True
   config.eval_every_steps = 500
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500

@@ -10,6 +10,7 @@ Height and width must both divide by `2 ** len(widths)`.
 """
 
 from collections.abc import Sequence
+import functools
 
 import flax.linen as nn
 import jax
@@ -137,7 +138,13 @@ def feature_extractor(model):
   return encode_features
 
 
+@functools.cache
+def _jitted_init(model):
+  # Modules hash by their fields, so equal models share one compiled init.
+  return jax.jit(model.init)
+
+
 def init_params(model, rng, image_shape):
   """Initialises the autoencoder's parameters for one dummy image."""
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
-  return jax.jit(model.init)(rng, dummy)['params']
+  return _jitted_init(model)(rng, dummy)['params']

@@ -49,7 +49,15 @@ def train_step(state, images, *, loss_fn):
   return new_state, jax.lax.pmean(metrics, axis_name=AXIS_NAME)
 
 
-def eval_step(params, batch, *, apply_fn, loss_fn):
+def _pixel_metrics(images, reconstructions):
+  return {
+    'psnr': distances.psnr(reconstructions, images),
+    'mse': distances.mse(reconstructions, images),
+    'mae': distances.mae(reconstructions, images),
+  }
+
+
+def eval_step(params, batch, *, apply_fn, loss_fn, metrics_fn=None):
   """Sums per-example evaluation metrics over the real examples of a batch.
 
   Args:
@@ -58,6 +66,9 @@ def eval_step(params, batch, *, apply_fn, loss_fn):
       [per_device_batch], False on padding.
     apply_fn: the model's apply function.
     loss_fn: as in `train_step`, built with every configured term.
+    metrics_fn: `metrics_fn(images, reconstructions) -> {name: [B]}`, such
+      as the suite of `train.metrics.make_suite`; None computes PSNR, MSE
+      and MAE only.
 
   Returns:
     A dict of metric sums over all devices' real examples, with `count`, the
@@ -69,19 +80,17 @@ def eval_step(params, batch, *, apply_fn, loss_fn):
   reconstructions = jax.nn.sigmoid(logits)
   total, values = loss_fn(params, images, logits)
 
-  per_example = {
-    'loss': total,
-    'psnr': distances.psnr(reconstructions, images),
-    'mse': distances.mse(reconstructions, images),
-    'mae': distances.mae(reconstructions, images),
-  }
+  metrics_fn = metrics_fn or _pixel_metrics
+  per_example = {'loss': total, **metrics_fn(images, reconstructions)}
   per_example.update({f'loss_terms/{k}': v for k, v in values.items()})
   sums = {name: jnp.sum(value * mask) for name, value in per_example.items()}
   sums['count'] = jnp.sum(mask)
   return jax.lax.psum(sums, axis_name=AXIS_NAME)
 
 
-def pmap_steps(loss_fn, eval_loss_fn, apply_fn, devices=None):
+def pmap_steps(
+  loss_fn, eval_loss_fn, apply_fn, devices=None, *, metrics_fn=None
+):
   """Returns (p_train_step, p_eval_step) pmap'd over `devices`.
 
   Args:
@@ -89,6 +98,7 @@ def pmap_steps(loss_fn, eval_loss_fn, apply_fn, devices=None):
     eval_loss_fn: the loss with every configured term, for evaluation.
     apply_fn: the model's apply function.
     devices: devices to run on; None means all local devices.
+    metrics_fn: the eval metrics besides the loss terms, as in `eval_step`.
 
   Returns:
     `p_train_step(state, images)` with the train state's buffers donated, and
@@ -101,7 +111,12 @@ def pmap_steps(loss_fn, eval_loss_fn, apply_fn, devices=None):
     donate_argnums=(0,),
   )
   p_eval_step = jax.pmap(
-    functools.partial(eval_step, apply_fn=apply_fn, loss_fn=eval_loss_fn),
+    functools.partial(
+      eval_step,
+      apply_fn=apply_fn,
+      loss_fn=eval_loss_fn,
+      metrics_fn=metrics_fn,
+    ),
     axis_name=AXIS_NAME,
     devices=devices,
   )

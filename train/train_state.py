@@ -42,7 +42,7 @@ def create_optimizer(config, schedule):
   return optax.sgd(schedule, momentum=0.9)
 
 
-def create_train_state(config, model, image_shape, rng):
+def create_train_state(config, model, image_shape, rng, tx=None):
   """Initialises parameters and optimizer state on the host.
 
   Args:
@@ -50,16 +50,17 @@ def create_train_state(config, model, image_shape, rng):
     model: the autoencoder.
     image_shape: (H, W, C) of the training images.
     rng: a `jax.random.key` for parameter initialisation.
+    tx: the optax optimizer; None builds it from the config. States that
+      share one optimizer object also share the compiled train step.
 
   Returns:
     A `flax.training.train_state.TrainState` at step 0.
   """
   params = autoencoder.init_params(model, rng, image_shape)
-  schedule = create_learning_rate_schedule(config)
+  if tx is None:
+    tx = create_optimizer(config, create_learning_rate_schedule(config))
   return train_state.TrainState.create(
-    apply_fn=model.apply,
-    params=params,
-    tx=create_optimizer(config, schedule),
+    apply_fn=model.apply, params=params, tx=tx
   )
 
 

@@ -2,14 +2,20 @@
 
 A run lives in its workdir: `config.json` (the resolved config),
 `metrics.jsonl`, TensorBoard event files, `checkpoints/` (Orbax),
-`reconstructions.png` and `summary.json` (final test metrics beside the
-mean-image baseline). Rerunning the same command resumes from the newest
-checkpoint.
+`reconstructions.png`, `reconstructions.npz` (the grid's test images and
+their final reconstructions, as arrays) and `summary.json` (final test
+metrics beside the mean-image baseline, with the training cost). Rerunning
+the same command resumes from the newest checkpoint.
+
+Evaluation scores the test split with the fixed suite of `train.metrics`,
+plus every configured loss term under `loss_terms/`.
 """
 
+import dataclasses
 import json
 import os
 import time
+from typing import Any
 
 from absl import logging
 import jax
@@ -21,34 +27,31 @@ from models import autoencoder
 from models import feature_nets
 from train import checkpointing
 from train import input_pipeline
+from train import metrics as metric_suite
 from train import steps
 from train import train_state
 from train import validation
 from train import workdir as run_files
 from train import writers
 
+SUMMARY_FILE = 'summary.json'
+RECONSTRUCTIONS_FILE = 'reconstructions.npz'
+MAX_CACHED_EVAL_BYTES = 256 * 2**20
 
-def evaluate(p_eval_step, params, builder, config):
+
+def evaluate(p_eval_step, params, batches):
   """Runs the eval step over the whole eval split of this process.
 
   Args:
     p_eval_step: the pmap'd eval step.
     params: replicated parameters.
-    builder: the dataset's tfds builder.
-    config: the run config.
+    batches: an iterable over this process's eval batches, dicts with
+      `image` and `mask` as `input_pipeline.eval_batches` yields them.
 
   Returns:
     A dict of per-example means (name -> float) over the eval split.
   """
   device_count = jax.local_device_count()
-  batches = input_pipeline.eval_batches(
-    builder,
-    split=config.data.eval_split,
-    batch_size=config.eval_batch_size // jax.process_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-
   totals = {}
   for batch in batches:
     sharded = jax.tree.map(lambda x: steps.shard(x, device_count), batch)
@@ -58,6 +61,42 @@ def evaluate(p_eval_step, params, builder, config):
 
   count = totals.pop('count')
   return {name: value / count for name, value in totals.items()}
+
+
+def _eval_data(builder, config, cache):
+  """Returns `read()`, which gives one pass over this process's eval batches.
+
+  An eval split of at most `MAX_CACHED_EVAL_BYTES` is read once and kept in
+  `cache`, so later evaluations, and later runs that share the cache, do not
+  rebuild the tf.data pipeline. Larger splits are streamed on every pass.
+  """
+  split = config.data.eval_split
+  key = (
+    'eval_batches',
+    builder.info.full_name,
+    str(builder.data_dir),
+    split,
+    config.eval_batch_size,
+    jax.process_index(),
+    jax.process_count(),
+  )
+
+  def stream():
+    return input_pipeline.eval_batches(
+      builder,
+      split=split,
+      batch_size=config.eval_batch_size // jax.process_count(),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+
+  size = input_pipeline.num_examples(builder, split) * 4
+  size *= int(np.prod(input_pipeline.image_shape(builder)))
+  if size > MAX_CACHED_EVAL_BYTES:
+    return stream
+  if key not in cache:
+    cache[key] = list(stream())
+  return lambda: cache[key]
 
 
 def mean_image_psnr(builder, config):
@@ -87,17 +126,107 @@ def mean_image_psnr(builder, config):
   return float(np.concatenate(psnrs).mean()), mean_image
 
 
-def _grid_images(builder, config):
+def _grid_images(builder, config, cache):
   """Reads the first `num_grid_images` eval images, [N, H, W, C]."""
   count = config.num_grid_images
-  batch = next(
-    iter(
-      input_pipeline.eval_batches(
-        builder, split=config.data.eval_split, batch_size=max(count, 1)
+  key = (
+    'grid_images',
+    builder.info.full_name,
+    str(builder.data_dir),
+    config.data.eval_split,
+    count,
+  )
+  if key not in cache:
+    batch = next(
+      iter(
+        input_pipeline.eval_batches(
+          builder, split=config.data.eval_split, batch_size=max(count, 1)
+        )
       )
     )
+    cache[key] = batch['image'][batch['mask']][:count]
+  return cache[key]
+
+
+@dataclasses.dataclass
+class Programs:
+  """The model, optimizer and compiled functions that one config needs.
+
+  Runs whose configs differ only in `seed` share them, so a sweep over seeds
+  compiles each step once. `compile_seconds` is the wall time of the first
+  train step, compilation included, measured by the run that compiled it.
+  """
+
+  model: Any
+  tx: Any
+  schedule: Any
+  p_train_step: Any
+  p_eval_step: Any
+  reconstruct: Any
+  compile_seconds: float | None = None
+
+
+def program_key(config, image_shape):
+  """Returns a string that equal configs up to their seed share."""
+  fields = config.to_dict()
+  fields.pop('seed', None)
+  fields.pop('ablation', None)
+  return json.dumps(
+    {
+      'config': fields,
+      'image_shape': list(image_shape),
+      'devices': [str(device) for device in jax.local_devices()],
+    },
+    sort_keys=True,
+    default=str,
   )
-  return batch['image'][batch['mask']][:count]
+
+
+def build_programs(config, image_shape):
+  """Builds the model, optimizer, losses and pmap'd steps for `config`.
+
+  Args:
+    config: a validated run config.
+    image_shape: (H, W, C) of the dataset's images.
+
+  Returns:
+    A `Programs`. Its steps compile on their first call.
+  """
+  # Every configured feature term is evaluated, so each gets its network
+  # even at weight 0. A missing weights file or checkpoint fails here,
+  # before the workdir is touched.
+  model = autoencoder.create_model(config.model, image_shape)
+  feature_networks = {
+    name: feature_nets.create(config.loss.terms[name], model)
+    for name in ('gram', 'features')
+    if name in config.loss.terms
+  }
+  loss_fn = composite.make_loss(config.loss, feature_networks=feature_networks)
+  eval_loss_fn = composite.make_loss(
+    config.loss,
+    feature_networks=feature_networks,
+    all_terms=config.eval_all_terms,
+  )
+  p_train_step, p_eval_step = steps.pmap_steps(
+    loss_fn,
+    eval_loss_fn,
+    model.apply,
+    metrics_fn=metric_suite.make_suite(image_shape),
+  )
+  schedule = train_state.create_learning_rate_schedule(config)
+
+  @jax.jit
+  def reconstruct(params, images):
+    return jax.nn.sigmoid(model.apply({'params': params}, images))
+
+  return Programs(
+    model=model,
+    tx=train_state.create_optimizer(config, schedule),
+    schedule=schedule,
+    p_train_step=p_train_step,
+    p_eval_step=p_eval_step,
+    reconstruct=reconstruct,
+  )
 
 
 def _restore(manager, state, workdir, config):
@@ -125,16 +254,20 @@ def _check_finite(step, metrics):
     )
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, *, cache=None):
   """Trains the autoencoder described by `config`, resuming from `workdir`.
 
   Args:
     config: the run config (see `configs/default.py`).
     workdir: directory for checkpoints, logs and results.
+    cache: an optional dict shared between calls. Runs whose configs differ
+      only in their seed then reuse one model, optimizer and set of compiled
+      steps, and runs on the same data reuse its eval split and baseline.
 
   Returns:
     A dict of the final eval metrics, with `baseline_psnr` (the mean-image
-    baseline) and `step`.
+    baseline), `step`, `steps_per_second` (training steps of this call, the
+    first one excluded) and `compile_seconds`.
   """
   # Reject a bad config before touching the workdir or compiling.
   validation.validate_config(config)
@@ -150,22 +283,22 @@ def train_and_evaluate(config, workdir):
     process_count=jax.process_count(),
   )
 
-  # Every configured feature term is evaluated, so each gets its network
-  # even at weight 0. A missing weights file or checkpoint fails here,
-  # before the workdir is touched.
-  model = autoencoder.create_model(config.model, image_shape)
-  feature_networks = {
-    name: feature_nets.create(config.loss.terms[name], model)
-    for name in ('gram', 'features')
-    if name in config.loss.terms
-  }
+  if cache is None:
+    cache = {}
+  key = ('programs', program_key(config, image_shape))
+  if key not in cache:
+    cache[key] = build_programs(config, image_shape)
+  programs = cache[key]
+  model = programs.model
 
   # State. Resume order: build a fresh state from the seed, overwrite it with
   # the newest checkpoint if there is one, then write the workdir's files and
   # start the input pipeline from the restored step.
   os.makedirs(workdir, exist_ok=True)
   rng = jax.random.key(config.seed)
-  state = train_state.create_train_state(config, model, image_shape, rng)
+  state = train_state.create_train_state(
+    config, model, image_shape, rng, tx=programs.tx
+  )
   manager = checkpointing.create_manager(workdir, keep=config.keep_checkpoints)
   state = _restore(manager, state, workdir, config)
   initial_step = int(state.step)
@@ -188,14 +321,8 @@ def train_and_evaluate(config, workdir):
     )
   writer = writers.MetricWriter(workdir)
 
-  loss_fn = composite.make_loss(config.loss, feature_networks=feature_networks)
-  eval_loss_fn = composite.make_loss(
-    config.loss, feature_networks=feature_networks, all_terms=True
-  )
-  p_train_step, p_eval_step = steps.pmap_steps(
-    loss_fn, eval_loss_fn, model.apply
-  )
-  schedule = train_state.create_learning_rate_schedule(config)
+  p_train_step, p_eval_step = programs.p_train_step, programs.p_eval_step
+  schedule = programs.schedule
   state = steps.replicate(state)
 
   # NOTE: a resumed run reshuffles with a seed derived from the restored
@@ -209,10 +336,11 @@ def train_and_evaluate(config, workdir):
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  grid_images = _grid_images(builder, config)
+  read_eval_batches = _eval_data(builder, config, cache)
+  grid_images = _grid_images(builder, config, cache)
 
   def evaluate_and_log(step, params):
-    metrics = evaluate(p_eval_step, params, builder, config)
+    metrics = evaluate(p_eval_step, params, read_eval_batches())
     writer.write_scalars(
       step, {f'eval/{name}': value for name, value in metrics.items()}
     )
@@ -225,8 +353,11 @@ def train_and_evaluate(config, workdir):
   logging.info(
     'Training from step %d to %d.', initial_step, config.num_train_steps
   )
+  # Training speed counts train steps only: the first step (compilation),
+  # evaluations and checkpoint saves are left out.
   pending = []
-  timer_step, timer_start = initial_step, time.perf_counter()
+  timer_step, timer_start, paused = initial_step, time.perf_counter(), 0.0
+  train_steps, train_seconds = 0, 0.0
   eval_metrics = None
   for step in range(initial_step + 1, config.num_train_steps + 1):
     images = steps.shard(next(train_iter), device_count)
@@ -235,10 +366,12 @@ def train_and_evaluate(config, workdir):
 
     if step == initial_step + 1:
       jax.block_until_ready(metrics)
+      first_step_seconds = time.perf_counter() - timer_start
       logging.info(
-        'First step (with compilation) took %.1f s.',
-        time.perf_counter() - timer_start,
+        'First step (with compilation) took %.1f s.', first_step_seconds
       )
+      if programs.compile_seconds is None:
+        programs.compile_seconds = first_step_seconds
       timer_step, timer_start = step, time.perf_counter()
 
     is_last = step == config.num_train_steps
@@ -249,30 +382,52 @@ def train_and_evaluate(config, workdir):
         for name in fetched[0]
       }
       _check_finite(step, means)
-      elapsed = time.perf_counter() - timer_start
+      elapsed = time.perf_counter() - timer_start - paused
       if step > timer_step:
         means['train/steps_per_second'] = (step - timer_step) / elapsed
+        train_steps += step - timer_step
+        train_seconds += elapsed
       means['train/learning_rate'] = float(schedule(step - 1))
       writer.write_scalars(step, means)
       pending = []
-      timer_step, timer_start = step, time.perf_counter()
+      timer_step, timer_start, paused = step, time.perf_counter(), 0.0
 
+    pause_start = time.perf_counter()
     if step % config.eval_every_steps == 0 or is_last:
+      jax.block_until_ready(state)
+      pause_start = time.perf_counter()
       eval_metrics = evaluate_and_log(step, state.params)
-      _write_grid(writer, step, model, state.params, grid_images, workdir)
+      grid_reconstructions = _write_grid(
+        writer, step, programs.reconstruct, state.params, grid_images, workdir
+      )
 
     if step % config.checkpoint_every_steps == 0 or is_last:
       checkpointing.save(manager, step, steps.unreplicate(state))
+    paused += time.perf_counter() - pause_start
 
   manager.wait_until_finished()
 
   # Final report: test metrics against the mean-image baseline.
   if eval_metrics is None:
-    eval_metrics = evaluate(p_eval_step, state.params, builder, config)
-  baseline_psnr, _ = mean_image_psnr(builder, config)
+    eval_metrics = evaluate(p_eval_step, state.params, read_eval_batches())
+    grid_reconstructions = _reconstruct(
+      programs.reconstruct, state.params, grid_images
+    )
+  baseline_key = (
+    'baseline_psnr',
+    builder.info.full_name,
+    str(builder.data_dir),
+    config.data.train_split,
+    config.data.eval_split,
+  )
+  if baseline_key not in cache:
+    cache[baseline_key], _ = mean_image_psnr(builder, config)
+  baseline_psnr = cache[baseline_key]
   summary = {
     'step': int(steps.unreplicate(state.step)),
     'baseline_psnr': baseline_psnr,
+    'steps_per_second': train_steps / train_seconds if train_seconds else None,
+    'compile_seconds': programs.compile_seconds,
     **eval_metrics,
   }
   logging.info(
@@ -284,19 +439,34 @@ def train_and_evaluate(config, workdir):
     os.path.abspath(workdir),
   )
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    np.savez(
+      os.path.join(workdir, RECONSTRUCTIONS_FILE),
+      images=grid_images,
+      reconstructions=grid_reconstructions,
+    )
+    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2, sort_keys=True)
   writer.close()
   manager.close()
   return summary
 
 
-def _write_grid(writer, step, model, params, images, workdir):
-  """Writes test images above their reconstructions, to TensorBoard and PNG."""
-  if not len(images) or jax.process_index() != 0:
-    return
-  params = steps.unreplicate(params)
-  logits = jax.jit(model.apply)({'params': params}, images)
-  grid = writers.image_grid(images, jax.nn.sigmoid(logits))
-  writer.write_image(step, 'eval/reconstructions', grid)
-  writers.save_png(os.path.join(workdir, 'reconstructions.png'), grid)
+def _reconstruct(reconstruct, params, images):
+  """Returns the reconstructions [N, H, W, C] of `images` as a numpy array."""
+  if not len(images):
+    return np.zeros_like(images)
+  return np.asarray(reconstruct(steps.unreplicate(params), images))
+
+
+def _write_grid(writer, step, reconstruct, params, images, workdir):
+  """Writes test images above their reconstructions, to TensorBoard and PNG.
+
+  Returns:
+    The reconstructions [N, H, W, C].
+  """
+  reconstructions = _reconstruct(reconstruct, params, images)
+  if len(images) and jax.process_index() == 0:
+    grid = writers.image_grid(images, reconstructions)
+    writer.write_image(step, 'eval/reconstructions', grid)
+    writers.save_png(os.path.join(workdir, 'reconstructions.png'), grid)
+  return reconstructions

@@ -62,6 +62,12 @@ def validate_config(config):
   for field in _NON_NEGATIVE_INTS:
     _check_int(config, field, minimum=0)
 
+  if not isinstance(config.eval_all_terms, bool):
+    raise ValueError(
+      f'config.eval_all_terms must be True or False, got '
+      f'{config.eval_all_terms!r}.'
+    )
+
   learning_rate = config.learning_rate
   if not _is_finite_number(learning_rate) or learning_rate <= 0:
     raise ValueError(

