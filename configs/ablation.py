@@ -7,7 +7,7 @@ Command:
 Trains the default autoencoder, shrunk to 16/32 channels and 600 steps at
 batch 64, once per loss variant below and per seed: 15 variants times 3 seeds,
 45 runs. Every run is scored on the 500 held-out digits by the same metric
-suite (`train/metrics.py`). The sweep's workdir then holds `report.md`,
+suite (`train/metrics.py`). The sweep's workdir then contains `report.md`,
 `report.csv`, `runs.csv`, the plots and `reconstructions.png`. On a 2-core
 CPU it takes about 12 minutes. MSE-trained models end near 18 dB test PSNR,
 while the mean-image baseline is 11.8 dB.

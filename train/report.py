@@ -219,21 +219,30 @@ def best_variants(table, name):
   return best, ties
 
 
-def _format_value(value):
+def _format_value(value, decimals=None):
+  """Formats a number to `decimals` places, or to 4 significant digits."""
   if not math.isfinite(value):
     return 'n/a'
-  if value != 0 and abs(value) < 1e-2:
-    return f'{value:.3g}'
+  if decimals is not None:
+    return f'{value:.{decimals}f}'
   return f'{value:.4g}'
+
+
+def _decimals(half):
+  """Returns the decimal places that show two significant digits of `half`."""
+  if not math.isfinite(half) or half <= 0:
+    return None
+  return max(0, 1 - math.floor(math.log10(half)))
 
 
 def _format_cell(stats):
   if stats is None:
-    return 'failed'
+    return 'n/a'
   mean, half, _ = stats
-  if not math.isfinite(half):
-    return f'{_format_value(mean)} ± n/a'
-  return f'{_format_value(mean)} ± {_format_value(half)}'
+  decimals = _decimals(half)
+  if decimals is None:
+    return f'{_format_value(mean)} ± {"n/a" if math.isnan(half) else 0}'
+  return f'{_format_value(mean, decimals)} ± {_format_value(half, decimals)}'
 
 
 def _data_description(config):
@@ -268,9 +277,11 @@ def _markdown(config, records, table, names):
   lines.append('| ' + ' | '.join(header) + ' |')
   lines.append('|' + ' --- |' * len(header))
   for variant, stats in table.items():
+    statuses = {r['status'] for r in records if r['variant'] == variant}
+    empty = 'failed' if 'failed' in statuses else 'not run'
     cells = [f'`{variant}`']
     for name in names:
-      cell = _format_cell(stats.get(name)) if stats else 'failed'
+      cell = _format_cell(stats.get(name)) if stats else empty
       if bests[name] == variant:
         cell = f'**{cell}**'
       cells.append(cell)

@@ -25,6 +25,7 @@ import time
 import traceback
 
 from absl import logging
+import jax
 import ml_collections
 
 from train import report
@@ -48,7 +49,7 @@ class Run:
 
 
 def _check_ablation(config):
-  """Checks the `ablation` fields; raises ValueError naming the bad one."""
+  """Raises ValueError naming the first invalid `ablation` field."""
   if 'ablation' not in config:
     raise ValueError(
       'The config has no ablation field, so there is nothing to sweep. Use '
@@ -202,8 +203,11 @@ def run_sweep(config, workdir, *, train_fn=trainer.train_and_evaluate):
     earlier), 'finished' or 'failed'.
   """
   runs = plan(config)
+  # Every process trains every run; only process 0 writes the sweep's files.
+  is_writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  _write_sweep_config(workdir, config)
+  if is_writer:
+    _write_sweep_config(workdir, config)
 
   statuses = {}
   cache = {}
@@ -226,12 +230,13 @@ def run_sweep(config, workdir, *, train_fn=trainer.train_and_evaluate):
       logging.exception(
         'Run %s failed; continuing with the next run.', run.name
       )
-      _write_error(run_dir, err)
+      if is_writer:
+        _write_error(run_dir, err)
       statuses[run.name] = 'failed'
       continue
 
     error_path = os.path.join(run_dir, ERROR_FILE)
-    if os.path.exists(error_path):
+    if is_writer and os.path.exists(error_path):
       os.remove(error_path)
     statuses[run.name] = 'finished'
     logging.info(
@@ -241,7 +246,8 @@ def run_sweep(config, workdir, *, train_fn=trainer.train_and_evaluate):
       time.perf_counter() - sweep_start,
     )
 
-  report.write_report(config, workdir, runs)
+  if is_writer:
+    report.write_report(config, workdir, runs)
   failed = [name for name, status in statuses.items() if status == 'failed']
   logging.info(
     'Sweep of %d runs done in %.1f s (%d failed). Report: %s',

@@ -30,7 +30,7 @@ def _pair(shape, seed=0):
     ((8, 8, 3), ('psnr',)),
   ],
 )
-def test_structural_metrics_only_where_the_window_fits(shape, expected):
+def test_structural_metrics_need_the_window(shape, expected):
   names = metrics.suite_names(shape)
 
   assert names[: len(expected)] == expected
@@ -49,7 +49,7 @@ def test_structural_metrics_only_where_the_window_fits(shape, expected):
     assert np.all(np.isfinite(value)), name
 
 
-def test_values_match_independent_implementations():
+def test_values_match_golden_sources():
   images, noisy = _pair((3, 28, 28, 1))
 
   values = jax.jit(metrics.make_suite((28, 28, 1)))(images, noisy)
@@ -88,7 +88,7 @@ def test_values_match_independent_implementations():
     )
 
 
-def test_perfect_reconstruction_scores_best():
+def test_perfect_reconstruction_scores():
   images, _ = _pair((2, 32, 32, 3))
 
   values = metrics.make_suite((32, 32, 3))(images, images)
@@ -99,7 +99,7 @@ def test_perfect_reconstruction_scores_best():
   np.testing.assert_allclose(values['ms_ssim'], 1.0, atol=1e-5)
 
 
-def test_mean_shift_error_ignores_a_brightness_shift():
+def test_mean_shift_ignores_brightness():
   images, _ = _pair((2, 28, 28, 1))
   brighter = images + 0.1
 
@@ -109,7 +109,7 @@ def test_mean_shift_error_ignores_a_brightness_shift():
   np.testing.assert_allclose(values['mse'], 0.01, rtol=1e-4)
 
 
-def test_gram_network_is_the_same_for_every_suite():
+def test_gram_network_is_fixed():
   images, noisy = _pair((2, 28, 28, 1))
 
   first = metrics.make_suite((28, 28, 1))(images, noisy)['gram_distance']

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import ablation
 from train import report
@@ -106,9 +107,10 @@ def test_report_from_run_folders(tmp_path):
   path = report.write_report(config, str(tmp_path), runs)
 
   text = open(path).read()
-  # mse: 17, 18, 19 -> 18 +- 2.484; mix: 18, 19 -> 18.5 +- 6.353.
-  assert '| `mse` | 18 ± 2.484 |' in text
-  assert '| `mix` | **18.5 ± 6.353** |' in text
+  # mse: 17, 18, 19 -> 18 +- 2.484; mix: 18, 19 -> 18.5 +- 6.353, shown to
+  # two significant digits of the half width.
+  assert '| `mse` | 18.0 ± 2.5 |' in text
+  assert '| `mix` | **18.5 ± 6.4** |' in text
   assert (
     '- **PSNR (dB)**: `mix` 18.5, `mse` 18. Within the interval: `mse`.'
     in (text)
@@ -159,3 +161,10 @@ def test_report_rewrites_hparams_instead_of_adding(tmp_path):
   ]
   # One hparams_config at the top, one session per run.
   assert len(hparams_files) == 3
+  session = [p for p in hparams_files if 'seed_1' in p][0]
+  tags = set()
+  for event in tf.compat.v1.train.summary_iterator(session):
+    for value in event.summary.value:
+      tags.add((value.tag, value.metadata.plugin_data.plugin_name))
+  assert ('_hparams_/session_start_info', 'hparams') in tags
+  assert ('hparams/psnr', 'scalars') in tags

@@ -74,7 +74,7 @@ def finished_sweep(data_dir, tmp_path_factory):
   return workdir, statuses, compiles
 
 
-def test_tiny_sweep_writes_every_report_section(finished_sweep):
+def test_tiny_sweep_fills_the_report(finished_sweep):
   workdir, statuses, _ = finished_sweep
 
   assert statuses == {
@@ -115,7 +115,7 @@ def test_tiny_sweep_writes_every_report_section(finished_sweep):
   assert os.path.exists(os.path.join(workdir, 'broken/seed_0/error.json'))
 
 
-def test_seeds_of_a_variant_share_one_compilation(finished_sweep):
+def test_seeds_share_one_compilation(finished_sweep):
   workdir, _, compiles = finished_sweep
 
   assert compiles['mse/seed_0'] > 0
@@ -128,7 +128,7 @@ def test_seeds_of_a_variant_share_one_compilation(finished_sweep):
   assert summaries[0]['steps_per_second'] > 0
 
 
-def test_rerun_trains_only_unfinished_runs(finished_sweep, data_dir):
+def test_rerun_skips_finished_runs(finished_sweep, data_dir):
   workdir, _, _ = finished_sweep
   summary_path = os.path.join(workdir, 'mse/seed_0', trainer.SUMMARY_FILE)
   modified = os.path.getmtime(summary_path)
@@ -149,7 +149,7 @@ def test_rerun_trains_only_unfinished_runs(finished_sweep, data_dir):
   assert '`broken/seed_1` (failed): RuntimeError: still broken' in text
 
 
-def test_rerun_resumes_an_interrupted_run(
+def test_rerun_resumes_interrupted_run(
   finished_sweep, data_dir, tmp_path, caplog
 ):
   source, _, _ = finished_sweep
@@ -178,7 +178,7 @@ def test_rerun_resumes_an_interrupted_run(
     ('seeds', (1, 1), 'repeats a seed'),
   ],
 )
-def test_bad_ablation_fields_are_named(
+def test_invalid_ablation_fields_named(
   data_dir, tmp_path, field, value, message
 ):
   config = _sweep_config(data_dir)
@@ -197,9 +197,7 @@ def test_bad_ablation_fields_are_named(
     ({'pixel': {'weight': -1.0}}, "Variant 'bad': .*pixel.weight"),
   ],
 )
-def test_bad_variants_fail_before_training(
-  data_dir, tmp_path, variant, message
-):
+def test_invalid_variants_fail_early(data_dir, tmp_path, variant, message):
   config = _sweep_config(data_dir, names=('mse', 'bad'))
   config.ablation.variants.bad = variant
 
