@@ -7,6 +7,7 @@ an input that is not rank 4 raises ValueError.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,21 @@ _EDGE_KERNELS = {
 }
 
 
+def _powers_of_two(weight: float) -> list[float]:
+  """Return signed powers of two that sum exactly to `weight`, largest first.
+
+  Empty for 0. The edge kernels' weights are integers and halves, which
+  need at most two terms each.
+  """
+  terms = []
+  remainder = abs(weight)
+  while remainder > 0:
+    power = 2.0 ** math.floor(math.log2(remainder))
+    terms.append(math.copysign(power, weight))
+    remainder -= power
+  return terms
+
+
 def _check_nhwc(name: str, images: jax.Array) -> None:
   if images.ndim != 4:
     raise ValueError(
@@ -74,11 +90,12 @@ def edge_map(
 ) -> jax.Array:
   """Compute edge maps of each channel with a fixed 3x3 kernel.
 
-  The kernel runs over every channel separately in one depthwise convolution,
-  after padding the border by 1 pixel. Each component equals the matching
-  scipy.ndimage filter on the 2-D slice images[b, :, :, c] with the matching
-  mode, up to float32 rounding: sobel, prewitt and laplace, correlate1d with
-  [-0.5, 0, 0.5] for 'central', and correlate with the Scharr kernel.
+  The kernel is correlated with every channel separately (a depthwise
+  convolution), after padding the border by 1 pixel. Each component equals
+  the matching scipy.ndimage filter on the 2-D slice images[b, :, :, c] with
+  the matching mode, up to float32 rounding: sobel, prewitt and laplace,
+  correlate1d with [-0.5, 0, 0.5] for 'central', and correlate with the
+  Scharr kernel.
   d/dy is the difference along H (row below minus row above) and d/dx along
   W (right column minus left column).
 
@@ -141,28 +158,29 @@ def _edge_map(
     mode=_NUMPY_PAD_MODES[padding],
   )
 
-  # Kernel layout HWIO with one input channel per group. Group c owns output
-  # channels K * c to K * c + K - 1, which sets the documented order.
-  components_per_channel = np.moveaxis(_EDGE_KERNELS[kernel], 0, -1)
-  weights = np.tile(components_per_channel, (1, 1, channels))[:, :, None, :]
+  # The correlation with each fixed kernel is a weighted sum of the shifted
+  # images. XLA fuses these sums and their gradient into a few elementwise
+  # loops, which run much faster on CPU than a depthwise convolution and its
+  # gradient. Each weight enters as a sum of powers of two, so every product
+  # is exact, and a fused multiply-add rounds the same as a multiply and an
+  # add: the result is then the same with and without jit.
+  height, width = images.shape[1:3]
+  per_component = []
+  for component in _EDGE_KERNELS[kernel]:
+    total = None
+    for (dy, dx), weight in np.ndenumerate(component):
+      shifted = padded[:, dy : dy + height, dx : dx + width, :]
+      for power in _powers_of_two(float(weight)):
+        term = power * shifted
+        total = term if total is None else total + term
+    per_component.append(total)
 
-  components = jax.lax.conv_general_dilated(
-    padded,
-    jnp.asarray(weights, dtype=jnp.float32),
-    window_strides=(1, 1),
-    padding='VALID',
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    feature_group_count=channels,
-    precision=jax.lax.Precision.HIGHEST,
-  )
+  # [B, H, W, C, K] flattens to channel K * c + k, the documented order.
+  stacked = jnp.stack(per_component, axis=-1)
   if output == 'components':
-    return components
+    return stacked.reshape((*stacked.shape[:3], channels * len(per_component)))
 
-  count = _EDGE_KERNELS[kernel].shape[0]
-  squared = jnp.square(components).reshape(
-    (*components.shape[:3], channels, count)
-  )
-  return jnp.sqrt(jnp.sum(squared, axis=-1) + epsilon)
+  return jnp.sqrt(jnp.sum(jnp.square(stacked), axis=-1) + epsilon)
 
 
 @functools.partial(jax.jit, static_argnames=('output', 'epsilon'))
@@ -172,8 +190,8 @@ def sobel(
   """Compute Sobel edge maps of each channel.
 
   The same as `edge_map(images, kernel='sobel', padding='reflect')`. Fixed
-  3x3 Sobel kernels run over every channel separately in one depthwise
-  convolution. The border is padded by 1 pixel in numpy's 'symmetric' mode
+  3x3 Sobel kernels are correlated with every channel separately. The border
+  is padded by 1 pixel in numpy's 'symmetric' mode
   (d c b a | a b c d | d c b a), which is scipy.ndimage's default 'reflect'
   mode. So each component equals scipy.ndimage.sobel on the 2-D slice
   images[b, :, :, c], with axis=0 for d/dy and axis=1 for d/dx, up to float32

@@ -1,4 +1,4 @@
-"""Flax models: the convolutional autoencoder."""
+"""Flax models: the convolutional autoencoder and its convolution layers."""
 
 from models.autoencoder import Autoencoder
 from models.autoencoder import Decoder

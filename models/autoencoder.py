@@ -6,6 +6,11 @@ feature map to a latent vector. The decoder mirrors it with stride-2 transposed
 convolutions, the last of which outputs the image's channels. The model
 returns logits; the reconstruction is `jax.nn.sigmoid(logits)`.
 
+The convolutions are `models.layers.Conv` and `models.layers.ConvTranspose`:
+the same parameters and maps as flax's `nn.Conv` and `nn.ConvTranspose` with
+'SAME' padding, computed as matrix products, which XLA's CPU backend runs
+faster (docs/benchmarks.md has the measurements).
+
 Height and width must both divide by `2 ** len(widths)`.
 """
 
@@ -15,6 +20,8 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from models import layers
 
 
 class Encoder(nn.Module):
@@ -33,7 +40,7 @@ class Encoder(nn.Module):
     features = []
     x = images
     for i, width in enumerate(self.widths):
-      x = nn.Conv(width, (3, 3), strides=(2, 2), name=f'conv{i}')(x)
+      x = layers.Conv(width, (3, 3), strides=(2, 2), name=f'conv{i}')(x)
       x = nn.relu(x)
       features.append(x)
 
@@ -67,7 +74,7 @@ class Decoder(nn.Module):
     # Each stage doubles the size; the last one outputs the image's channels.
     out_widths = (*reversed(self.widths[:-1]), channels)
     for i, stage_width in enumerate(out_widths):
-      x = nn.ConvTranspose(
+      x = layers.ConvTranspose(
         stage_width, (3, 3), strides=(2, 2), name=f'deconv{i}'
       )(x)
       if i < len(out_widths) - 1:

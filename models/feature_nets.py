@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from losses import composite
 from models import autoencoder
+from models import layers
 
 DEFAULT_RANDOM_WIDTHS = composite.DEFAULT_RANDOM_WIDTHS
 
@@ -169,7 +170,7 @@ def checkpoint_features(workdir):
 
   The stage count and widths are read from the checkpoint's kernels, so the
   run's config is not needed. Only the convolution stages run, each a stride-2
-  `nn.Conv` with the saved kernel and bias followed by relu as in
+  `layers.Conv` with the saved kernel and bias followed by relu as in
   `autoencoder.Encoder`, so images of any size that divides by the stride
   work.
 
@@ -183,7 +184,7 @@ def checkpoint_features(workdir):
     stage_params.append(jax.tree.map(jnp.asarray, stage))
 
   stages = [
-    nn.Conv(int(stage['kernel'].shape[-1]), (3, 3), strides=(2, 2))
+    layers.Conv(int(stage['kernel'].shape[-1]), (3, 3), strides=(2, 2))
     for stage in stage_params
   ]
 
