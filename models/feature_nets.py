@@ -46,13 +46,7 @@ VGG16_BGR_MEANS = (103.939, 116.779, 123.68)
 
 
 def _conv(inputs, kernel, stride):
-  return jax.lax.conv_general_dilated(
-    inputs,
-    kernel,
-    window_strides=(stride, stride),
-    padding='SAME',
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-  )
+  return layers.conv_same(inputs, kernel, (stride, stride))
 
 
 def encoder_features(model):
