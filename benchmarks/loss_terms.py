@@ -294,7 +294,7 @@ def run(batches, peers, *, model_config, warmup, repeats):
   Returns:
     (table rows, notes). A row is (images, term, implementation, value and
     gradient ms, time relative to ours, max abs difference of the values
-    from ours).
+    from ours, max abs value of ours).
   """
   rows = []
   notes = []
@@ -320,6 +320,7 @@ def run(batches, peers, *, model_config, warmup, repeats):
       )
       reference = implementations[0]
       reference_values = reference.values()
+      scale = np.max(np.abs(reference_values))
       for item in implementations:
         difference = np.max(np.abs(item.values() - reference_values))
         rows.append(
@@ -330,6 +331,7 @@ def run(batches, peers, *, model_config, warmup, repeats):
             timing.milliseconds(times[item.name]),
             f'{times[item.name] / times[reference.name]:.2f}',
             f'{difference:.1e}',
+            f'{scale:.3g}',
           )
         )
   return rows, notes

@@ -153,8 +153,9 @@ def _section_losses(lines, peers, sizes):
     '## Loss terms: value and gradient',
     '',
     'Median time of the mean loss over the batch and its gradient with '
-    'respect to the reconstruction. The last column is the largest '
-    'absolute difference of the per-example values from ours.',
+    'respect to the reconstruction. The last two columns are the largest '
+    'absolute difference of the per-example values from ours, and the '
+    'largest absolute value of ours for scale.',
     '',
     timing.markdown_table(
       (
@@ -164,6 +165,7 @@ def _section_losses(lines, peers, sizes):
         'ms',
         'time / ours',
         'max abs diff',
+        'max abs value',
       ),
       rows,
     ),
@@ -191,11 +193,20 @@ def _section_variants(lines, sizes):
     '## Train step per loss variant of configs/ablation.py',
     '',
     f'The ablation config: widths (16, 32), latent 32, batch {batch}, adam. '
-    'Every term not listed has weight 0. The ratio is to the MSE-only '
-    'step.',
+    'Every term not listed has weight 0. The ratios are to the MSE-only '
+    "step: of the median times, and of the FLOP counts of XLA's cost "
+    'analysis of the compiled steps.',
     '',
     timing.markdown_table(
-      ('images', 'variant', 'terms and weights', 'ms', 'ratio to mse'), rows
+      (
+        'images',
+        'variant',
+        'terms and weights',
+        'ms',
+        'time / mse',
+        'FLOPs / mse',
+      ),
+      rows,
     ),
     '',
   ]

@@ -126,7 +126,8 @@ def run_variants(batches, names, *, warmup, repeats, step_batch):
     step_batch: batch size, or None for the ablation config's.
 
   Returns:
-    Rows of (images, variant, terms, step ms, ratio to mse).
+    Rows of (images, variant, terms, step ms, time ratio to mse, ratio of
+    XLA's FLOP counts to mse's).
   """
   base = ablation.get_config()
   variants = ablation.variants()
@@ -134,12 +135,17 @@ def run_variants(batches, names, *, warmup, repeats, step_batch):
   batch = step_batch or base.batch_size
   rows = []
   for label, images in batches.items():
-    runs = {
-      name: build_step(variant_config(base, variants[name]), images[:batch]).run
+    benches = {
+      name: build_step(variant_config(base, variants[name]), images[:batch])
       for name in names
     }
-    times = timing.median_times(runs, warmup=warmup, repeats=repeats)
+    times = timing.median_times(
+      {name: bench.run for name, bench in benches.items()},
+      warmup=warmup,
+      repeats=repeats,
+    )
     for name in names:
+      flop_ratio = benches[name].flops / benches['mse'].flops
       terms = ', '.join(
         f'{term} {fields.get("weight", "")}'.strip()
         for term, fields in variants[name].items()
@@ -151,6 +157,7 @@ def run_variants(batches, names, *, warmup, repeats, step_batch):
           terms,
           timing.milliseconds(times[name]),
           f'{times[name] / times["mse"]:.2f}',
+          f'{flop_ratio:.2f}',
         )
       )
   return rows
