@@ -2,12 +2,27 @@
 
 from flax.training import train_state
 import jax
+import jax.numpy as jnp
 import optax
 
 from models import autoencoder
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 LR_SCHEDULES = ('cosine', 'constant')
+
+
+class TrainState(train_state.TrainState):
+  """Flax's `TrainState` with the flag of the non-finite step guard.
+
+  Attributes:
+    halted: bool scalar. `train.steps.train_step` sets it at the first step
+      whose loss, loss terms or norms are not finite, unless the config skips
+      such steps. From then on no update is applied, so `params` and
+      `opt_state` stay those from before that step while `step` still counts.
+      Checkpoints do not store it (see `train.checkpointing`).
+  """
+
+  halted: jax.Array
 
 
 def create_learning_rate_schedule(config):
@@ -52,14 +67,15 @@ def create_train_state(config, model, image_shape, rng):
     rng: a `jax.random.key` for parameter initialisation.
 
   Returns:
-    A `flax.training.train_state.TrainState` at step 0.
+    A `TrainState` at step 0, not halted.
   """
   params = autoencoder.init_params(model, rng, image_shape)
   schedule = create_learning_rate_schedule(config)
-  return train_state.TrainState.create(
+  return TrainState.create(
     apply_fn=model.apply,
     params=params,
     tx=create_optimizer(config, schedule),
+    halted=jnp.zeros((), jnp.bool_),
   )
 
 
