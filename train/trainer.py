@@ -206,6 +206,7 @@ def train_and_evaluate(config, workdir):
     image_shape=image_shape,
     device_count=device_count,
     process_count=jax.process_count(),
+    num_examples=lambda split: input_pipeline.num_examples(builder, split),
   )
 
   # Every configured feature term is evaluated, so each gets its network
