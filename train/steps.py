@@ -19,19 +19,32 @@ from losses import distances
 AXIS_NAME = 'batch'
 
 
-def train_step(state, images, *, loss_fn):
+def train_step(state, images, *, loss_fn, skip_nonfinite=False):
   """Runs one optimisation step on this device's share of the batch.
 
+  The non-finite guard runs inside the step, so it needs no host sync. When
+  the loss, a loss term, the gradient norm or the update norm is not finite,
+  the update is not applied: `params` and `opt_state` keep their values and
+  only `step` advances. With `skip_nonfinite=False` the step also sets
+  `state.halted`, which blocks every later update as well, so the state stays
+  the last good one until the trainer fetches the metrics, saves that state and
+  stops. With `skip_nonfinite=True` later steps train on normally.
+
   Args:
-    state: the replicated `TrainState`.
+    state: the replicated `train.train_state.TrainState`.
     images: [per_device_batch, H, W, C] float32 in [0, 1].
     loss_fn: `loss_fn(params, images, logits) -> (total, values)` with
       per-example values, as built by `losses.composite.make_loss`.
+    skip_nonfinite: whether a non-finite step is skipped (True) or halts the
+      state (False).
 
   Returns:
-    The updated state and a dict of scalar metrics averaged over devices:
-    `loss` (the weighted total), one entry per active loss term and the
-    gradient's global norm.
+    The updated state and a dict of scalar metrics averaged over devices.
+    `loss` is the weighted total and `loss_terms/<name>` one active term.
+    `grad_norm` and `update_norm` are the global norms of the averaged
+    gradient and of the optimizer's update, and `param_norm` is that of the
+    parameters after the step. `nonfinite` is 1.0 if this step's values
+    were not all finite, else 0.0.
   """
 
   def objective(params):
@@ -42,11 +55,37 @@ def train_step(state, images, *, loss_fn):
   grad_fn = jax.value_and_grad(objective, has_aux=True)
   (loss, term_values), grads = grad_fn(state.params)
   grads = jax.lax.pmean(grads, axis_name=AXIS_NAME)
-  new_state = state.apply_gradients(grads=grads)
-
-  metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+  metrics = {'loss': loss}
   metrics.update({f'loss_terms/{k}': v for k, v in term_values.items()})
-  return new_state, jax.lax.pmean(metrics, axis_name=AXIS_NAME)
+  # Averaged over devices before the check, so every device decides alike.
+  metrics = jax.lax.pmean(metrics, axis_name=AXIS_NAME)
+
+  updates, new_opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  metrics['update_norm'] = optax.tree.norm(updates)
+
+  finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
+  apply = jnp.logical_and(finite, jnp.logical_not(state.halted))
+  params = _select(apply, new_params, state.params)
+  opt_state = _select(apply, new_opt_state, state.opt_state)
+  halted = state.halted
+  if not skip_nonfinite:
+    halted = jnp.logical_or(halted, jnp.logical_not(finite))
+
+  metrics['param_norm'] = optax.tree.norm(params)
+  metrics['nonfinite'] = jnp.logical_not(finite).astype(jnp.float32)
+  new_state = state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state, halted=halted
+  )
+  return new_state, metrics
+
+
+def _select(condition, on_true, on_false):
+  """Picks `on_true` or `on_false` leaf by leaf, inside the compiled step."""
+  return jax.tree.map(
+    lambda a, b: jnp.where(condition, a, b), on_true, on_false
+  )
 
 
 def _pixel_metrics(images, reconstructions):
@@ -89,9 +128,19 @@ def eval_step(params, batch, *, apply_fn, loss_fn, metrics_fn=None):
 
 
 def pmap_steps(
-  loss_fn, eval_loss_fn, apply_fn, devices=None, *, metrics_fn=None
+  loss_fn,
+  eval_loss_fn,
+  apply_fn,
+  devices=None,
+  *,
+  metrics_fn=None,
+  skip_nonfinite=False,
 ):
   """Returns (p_train_step, p_eval_step) pmap'd over `devices`.
+
+  In a run of several processes, the steps run over the devices of all of
+  them: each process passes its local shard, and `lax.pmean` and `lax.psum`
+  reduce over every device.
 
   Args:
     loss_fn: the training loss (active terms only).
@@ -99,13 +148,16 @@ def pmap_steps(
     apply_fn: the model's apply function.
     devices: devices to run on; None means all local devices.
     metrics_fn: the eval metrics besides the loss terms, as in `eval_step`.
+    skip_nonfinite: passed to `train_step`.
 
   Returns:
     `p_train_step(state, images)` with the train state's buffers donated, and
     `p_eval_step(params, batch)`; both take inputs with a leading device axis.
   """
   p_train_step = jax.pmap(
-    functools.partial(train_step, loss_fn=loss_fn),
+    functools.partial(
+      train_step, loss_fn=loss_fn, skip_nonfinite=skip_nonfinite
+    ),
     axis_name=AXIS_NAME,
     devices=devices,
     donate_argnums=(0,),

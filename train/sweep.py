@@ -28,6 +28,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from train import preemption
 from train import report
 from train import trainer
 from train import validation
@@ -225,6 +226,9 @@ def run_sweep(config, workdir, *, train_fn=trainer.train_and_evaluate):
     run_start = time.perf_counter()
     try:
       train_fn(run.config, run_dir, cache=cache)
+    except preemption.Preempted:
+      # SIGTERM stops the whole sweep; rerunning it resumes this run.
+      raise
     except Exception as err:
       # One failed run must not end the sweep.
       logging.exception(

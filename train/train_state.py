@@ -2,12 +2,27 @@
 
 from flax.training import train_state
 import jax
+import jax.numpy as jnp
 import optax
 
 from models import autoencoder
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 LR_SCHEDULES = ('cosine', 'constant')
+
+
+class TrainState(train_state.TrainState):
+  """Flax's `TrainState` with the flag of the non-finite step guard.
+
+  Attributes:
+    halted: bool scalar. `train.steps.train_step` sets it at the first step
+      whose loss, loss terms or norms are not finite, unless the config skips
+      such steps. From then on no update is applied, so `params` and
+      `opt_state` stay those from before that step while `step` still counts.
+      Checkpoints do not store it (see `train.checkpointing`).
+  """
+
+  halted: jax.Array
 
 
 def create_learning_rate_schedule(config):
@@ -54,13 +69,16 @@ def create_train_state(config, model, image_shape, rng, tx=None):
       share one optimizer object also share the compiled train step.
 
   Returns:
-    A `flax.training.train_state.TrainState` at step 0.
+    A `TrainState` at step 0, not halted.
   """
   params = autoencoder.init_params(model, rng, image_shape)
   if tx is None:
     tx = create_optimizer(config, create_learning_rate_schedule(config))
-  return train_state.TrainState.create(
-    apply_fn=model.apply, params=params, tx=tx
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=params,
+    tx=tx,
+    halted=jnp.zeros((), jnp.bool_),
   )
 
 

@@ -5,10 +5,19 @@ A run lives in its workdir: `config.json` (the resolved config),
 `reconstructions.png`, `reconstructions.npz` (the grid's test images and
 their final reconstructions, as arrays) and `summary.json` (final test
 metrics beside the mean-image baseline, with the training cost). Rerunning
-the same command resumes from the newest checkpoint.
+the same command resumes from the newest intact checkpoint, and the batches
+after it are those that an uninterrupted run reads, so a killed and resumed
+run ends with the same parameters.
 
 Evaluation scores the test split with the fixed suite of `train.metrics`,
-plus every configured loss term under `loss_terms/`.
+plus the configured loss terms under `loss_terms/`.
+
+SIGTERM saves a checkpoint of the current step and stops the run
+(`train.preemption`). A step with a non-finite loss, loss term or norm is
+either skipped or stops the run after its predecessor is saved
+(`config.skip_nonfinite_steps`, `train.nonfinite`). In a run of several
+processes, every process trains on its shard of each global batch, and only
+process 0 writes files other than checkpoints.
 """
 
 import dataclasses
@@ -28,6 +37,8 @@ from models import feature_nets
 from train import checkpointing
 from train import input_pipeline
 from train import metrics as metric_suite
+from train import nonfinite
+from train import preemption
 from train import steps
 from train import train_state
 from train import validation
@@ -212,6 +223,7 @@ def build_programs(config, image_shape):
     eval_loss_fn,
     model.apply,
     metrics_fn=metric_suite.make_suite(image_shape),
+    skip_nonfinite=config.skip_nonfinite_steps,
   )
   schedule = train_state.create_learning_rate_schedule(config)
 
@@ -233,7 +245,7 @@ def _restore(manager, state, workdir, config):
   """Restores the newest checkpoint, naming the config fields that changed."""
   try:
     return checkpointing.restore_latest(manager, state)
-  except ValueError as err:
+  except checkpointing.IncompatibleCheckpointError as err:
     manager.close()
     saved = run_files.read_config(workdir)
     changes = run_files.config_changes(saved, config) if saved else []
@@ -244,14 +256,53 @@ def _restore(manager, state, workdir, config):
     ) from err
 
 
-def _check_finite(step, metrics):
-  bad = [name for name, value in metrics.items() if not np.isfinite(value)]
-  if bad:
-    raise FloatingPointError(
-      f'Non-finite training metrics at step {step}: '
-      + ', '.join(f'{name}={metrics[name]}' for name in bad)
-      + '. Lower config.learning_rate or the weight of the diverging term.'
-    )
+def _fetch(pending):
+  """Copies the metrics of pending steps to the host, as floats."""
+  fetched = jax.device_get([steps.unreplicate(m) for _, m in pending])
+  return [
+    (step, {name: float(value) for name, value in metrics.items()})
+    for (step, _), metrics in zip(pending, fetched, strict=True)
+  ]
+
+
+def _train_means(records, *, skip):
+  """Averages the metrics of the logged steps into one log row.
+
+  Skipped steps are left out of the means and counted in
+  `train/skipped_steps` instead.
+  """
+  kept = [metrics for _, metrics in records if not metrics[nonfinite.FLAG]]
+  names = [name for name in records[0][1] if name != nonfinite.FLAG]
+  means = {}
+  if kept:
+    means = {
+      f'train/{name}': float(np.mean([m[name] for m in kept])) for name in names
+    }
+  if skip:
+    means['train/skipped_steps'] = float(len(records) - len(kept))
+  return means
+
+
+def _stop_at_nonfinite(manager, state, bad_step, metrics):
+  """Saves the state from before `bad_step` and raises FloatingPointError.
+
+  The train step applied no update from `bad_step` on (`state.halted`), so
+  the parameters and optimizer state are those after step `bad_step - 1`.
+  """
+  good_step = bad_step - 1
+  last_good = steps.unreplicate(state).replace(step=good_step)
+  if good_step not in manager.all_steps():
+    checkpointing.save(manager, good_step, last_good)
+  manager.wait_until_finished()
+  manager.close()
+  raise FloatingPointError(
+    f'Step {bad_step} has non-finite values: {nonfinite.describe(metrics)}. '
+    f'The state from before it is saved as the checkpoint at step '
+    f'{good_step} in {manager.directory}, and rerunning the same config '
+    'stops at the same step. Lower config.learning_rate or the weight of '
+    'the diverging term, or set config.skip_nonfinite_steps=True to skip '
+    'such steps.'
+  )
 
 
 def train_and_evaluate(config, workdir, *, cache=None):
@@ -268,6 +319,15 @@ def train_and_evaluate(config, workdir, *, cache=None):
     A dict of the final eval metrics, with `baseline_psnr` (the mean-image
     baseline), `step`, `steps_per_second` (training steps of this call, the
     first one excluded) and `compile_seconds`.
+
+  Raises:
+    ValueError: the config is invalid, a checkpoint does not fit it, or the
+      dataset has an unreadable example.
+    FloatingPointError: a step had a non-finite loss, loss term or norm and
+      `config.skip_nonfinite_steps` is False. The checkpoint of the step
+      before it is saved first.
+    train.preemption.Preempted: SIGTERM arrived; the checkpoint of the last
+      trained step is saved first.
   """
   # Reject a bad config before touching the workdir or compiling.
   validation.validate_config(config)
@@ -281,6 +341,7 @@ def train_and_evaluate(config, workdir, *, cache=None):
     image_shape=image_shape,
     device_count=device_count,
     process_count=jax.process_count(),
+    num_examples=lambda split: input_pipeline.num_examples(builder, split),
   )
 
   if cache is None:
@@ -325,13 +386,14 @@ def train_and_evaluate(config, workdir, *, cache=None):
   schedule = programs.schedule
   state = steps.replicate(state)
 
-  # NOTE: a resumed run reshuffles with a seed derived from the restored
-  # step, so its batches differ from those of an uninterrupted run.
+  # The batches are a function of the seed and the step, so a resumed run
+  # reads exactly the batches that an uninterrupted run reads from here on.
   train_iter = input_pipeline.train_batches(
     builder,
     split=config.data.train_split,
     batch_size=config.batch_size // jax.process_count(),
-    seed=config.seed + initial_step,
+    seed=config.seed,
+    start_step=initial_step,
     shuffle_buffer=config.data.shuffle_buffer,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
@@ -355,56 +417,90 @@ def train_and_evaluate(config, workdir, *, cache=None):
   )
   # Training speed counts train steps only: the first step (compilation),
   # evaluations and checkpoint saves are left out.
-  pending = []
   timer_step, timer_start, paused = initial_step, time.perf_counter(), 0.0
   train_steps, train_seconds = 0, 0.0
+  guard = nonfinite.NonfiniteGuard(skip=config.skip_nonfinite_steps)
+  # (step, metrics on the devices) since the last log row; the first
+  # `checked` of them have passed the guard.
+  pending, checked = [], 0
   eval_metrics = None
-  for step in range(initial_step + 1, config.num_train_steps + 1):
-    images = steps.shard(next(train_iter), device_count)
-    state, metrics = p_train_step(state, images)
-    pending.append(metrics)
+  with preemption.SigtermWatcher() as sigterm:
+    for step in range(initial_step + 1, config.num_train_steps + 1):
+      images = steps.shard(next(train_iter), device_count)
+      state, metrics = p_train_step(state, images)
+      pending.append((step, metrics))
 
-    if step == initial_step + 1:
-      jax.block_until_ready(metrics)
-      first_step_seconds = time.perf_counter() - timer_start
-      logging.info(
-        'First step (with compilation) took %.1f s.', first_step_seconds
-      )
-      if programs.compile_seconds is None:
-        programs.compile_seconds = first_step_seconds
-      timer_step, timer_start = step, time.perf_counter()
+      if step == initial_step + 1:
+        jax.block_until_ready(metrics)
+        first_step_seconds = time.perf_counter() - timer_start
+        logging.info(
+          'First step (with compilation) took %.1f s.', first_step_seconds
+        )
+        if programs.compile_seconds is None:
+          programs.compile_seconds = first_step_seconds
+        timer_step, timer_start = step, time.perf_counter()
 
-    is_last = step == config.num_train_steps
-    if step % config.log_every_steps == 0 or is_last:
-      fetched = jax.device_get([steps.unreplicate(m) for m in pending])
-      means = {
-        f'train/{name}': float(np.mean([m[name] for m in fetched]))
-        for name in fetched[0]
-      }
-      _check_finite(step, means)
-      elapsed = time.perf_counter() - timer_start - paused
-      if step > timer_step:
-        means['train/steps_per_second'] = (step - timer_step) / elapsed
-        train_steps += step - timer_step
-        train_seconds += elapsed
-      means['train/learning_rate'] = float(schedule(step - 1))
-      writer.write_scalars(step, means)
-      pending = []
-      timer_step, timer_start, paused = step, time.perf_counter(), 0.0
+      is_last = step == config.num_train_steps
+      preempted = sigterm.reached(step)
+      log_now = step % config.log_every_steps == 0 or is_last
+      eval_now = step % config.eval_every_steps == 0 or is_last
+      save_now = step % config.checkpoint_every_steps == 0 or is_last
+      if not (log_now or eval_now or save_now or preempted):
+        continue
 
-    pause_start = time.perf_counter()
-    if step % config.eval_every_steps == 0 or is_last:
-      jax.block_until_ready(state)
+      # Every branch below syncs with the devices, so the guard's fetch adds
+      # no stall. It runs first, so that no log row, evaluation or
+      # checkpoint is made from a state that a non-finite step halted.
+      records = _fetch(pending)
+      bad_step = guard.check(records[checked:])
+      checked = len(records)
+      if bad_step is not None:
+        writer.close()
+        _stop_at_nonfinite(manager, state, bad_step, dict(records)[bad_step])
+
+      if log_now:
+        means = _train_means(records, skip=guard.skip)
+        elapsed = time.perf_counter() - timer_start - paused
+        if step > timer_step:
+          means['train/steps_per_second'] = (step - timer_step) / elapsed
+          train_steps += step - timer_step
+          train_seconds += elapsed
+        means['train/learning_rate'] = float(schedule(step - 1))
+        writer.write_scalars(step, means)
+        pending, checked = [], 0
+        timer_step, timer_start, paused = step, time.perf_counter(), 0.0
+
       pause_start = time.perf_counter()
-      eval_metrics = evaluate_and_log(step, state.params)
-      grid_reconstructions = _write_grid(
-        writer, step, programs.reconstruct, state.params, grid_images, workdir
-      )
+      if eval_now:
+        eval_metrics = evaluate_and_log(step, state.params)
+        grid_reconstructions = _write_grid(
+          writer,
+          step,
+          programs.reconstruct,
+          state.params,
+          grid_images,
+          workdir,
+        )
 
-    if step % config.checkpoint_every_steps == 0 or is_last:
-      checkpointing.save(manager, step, steps.unreplicate(state))
-    paused += time.perf_counter() - pause_start
+      if save_now or preempted:
+        checkpointing.save(manager, step, steps.unreplicate(state))
+      paused += time.perf_counter() - pause_start
 
+      if preempted and not is_last:
+        manager.wait_until_finished()
+        logging.warning(
+          'SIGTERM received; saved the checkpoint at step %d and stopping.',
+          step,
+        )
+        writer.close()
+        manager.close()
+        raise preemption.Preempted(step, manager.directory)
+
+  if guard.skipped_steps:
+    logging.warning(
+      '%d steps were skipped because of non-finite values.',
+      guard.skipped_steps,
+    )
   manager.wait_until_finished()
 
   # Final report: test metrics against the mean-image baseline.

@@ -81,8 +81,11 @@ def write_config(workdir, config, *, step):
         archived_path,
         '; '.join(changes),
       )
-  with open(path, 'w') as f:
+  # Written aside and renamed, so that a run killed meanwhile leaves the
+  # previous file whole for the next resume to read.
+  with open(path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + '.tmp', path)
 
 
 def drop_metrics_after(workdir, step):
@@ -90,7 +93,8 @@ def drop_metrics_after(workdir, step):
 
   A run killed between two checkpoints logged steps that the resumed run
   trains again, so without this `metrics.jsonl` would list them twice. Pass
-  -1 to clear the file for a run that starts from scratch.
+  -1 to clear the file for a run that starts from scratch. Blank lines and
+  a last row cut short by the kill are removed as well.
 
   NOTE: TensorBoard event files are append-only, so they keep those rows.
 
@@ -102,12 +106,18 @@ def drop_metrics_after(workdir, step):
     return 0
   with open(path) as f:
     lines = f.readlines()
-  remaining = [
-    line for line in lines if line.strip() and json.loads(line)['step'] <= step
-  ]
+  remaining = [line for line in lines if _row_step(line) <= step]
   if len(remaining) == len(lines):
     return 0
   with open(path + '.tmp', 'w') as f:
     f.writelines(remaining)
   os.replace(path + '.tmp', path)
   return len(lines) - len(remaining)
+
+
+def _row_step(line):
+  """Returns the step of a metrics row; infinity for a row that is cut off."""
+  try:
+    return json.loads(line)['step']
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return float('inf')

@@ -1,8 +1,9 @@
 """Metric and image writers: absl logging, TensorBoard and `metrics.jsonl`.
 
-Only process 0 writes files; every process logs through absl. Scalars are
-Python floats keyed by name (`train/loss`, `eval/psnr`, ...); images are
-[H, W, C] float arrays in [0, 1].
+Only process 0 writes files and logs the scalars, so a run of several
+processes logs each value once. Scalars are Python floats keyed by name
+(`train/loss`, `eval/psnr`, ...); images are [H, W, C] float arrays in
+[0, 1].
 """
 
 import json
@@ -35,14 +36,14 @@ class MetricWriter:
 
   def write_scalars(self, step, scalars):
     """Logs `scalars` (name -> number) at `step`."""
+    if not self._is_writer:
+      return
     scalars = {name: float(value) for name, value in scalars.items()}
     logging.info(
       'step %d: %s',
       step,
       ', '.join(f'{name}={value:.6g}' for name, value in scalars.items()),
     )
-    if not self._is_writer:
-      return
     for name, value in scalars.items():
       self._summary.scalar(name, value, step)
     self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')

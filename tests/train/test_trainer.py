@@ -137,10 +137,10 @@ def test_short_run_lowers_test_loss(data_dir, tmp_path):
   [
     ('batch_size', 18, 'batch_size=18 does not divide by the 4 devices'),
     ('optimizer', 'adagrad', 'adagrad'),
-    ('learning_rate', -1.0, 'learning_rate must be a positive finite'),
-    ('learning_rate', float('inf'), 'learning_rate must be a positive finite'),
-    ('weight_decay', float('nan'), 'weight_decay must be a finite number'),
-    ('num_train_steps', 0, 'num_train_steps must be at least 1'),
+    ('learning_rate', -1.0, 'learning_rate is -1.0, which is not > 0'),
+    ('learning_rate', float('inf'), 'learning_rate is inf, which is not fin'),
+    ('weight_decay', float('nan'), 'weight_decay is nan, which is not finite'),
+    ('num_train_steps', 0, 'num_train_steps is 0, which is not >= 1'),
   ],
 )
 def test_invalid_config_leaves_workdir_alone(
