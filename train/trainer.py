@@ -178,7 +178,7 @@ class Programs:
 
 
 def program_key(config, image_shape):
-  """Returns a string that equal configs up to their seed share."""
+  """Returns a key that configs differing only in their seed share."""
   fields = config.to_dict()
   fields.pop('seed', None)
   fields.pop('ablation', None)
