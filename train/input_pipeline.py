@@ -18,6 +18,7 @@ TensorFlow, unless its runtime has already started, so they stay free for JAX.
 """
 
 from collections.abc import Iterator
+import math
 import os
 import re
 import time
@@ -47,6 +48,8 @@ _hide_gpus_from_tensorflow()
 _TF_DATA_THREADS = max(1, min(4, os.cpu_count() or 1))
 # End of the epoch range of `train_batches`; no run reaches it.
 _NEVER_ENDING = 2**62
+# Train shards up to this size are decoded once and kept in memory.
+MAX_CACHED_TRAIN_BYTES = 1 << 30
 
 
 def get_builder(
@@ -239,6 +242,10 @@ def train_batches(
   examples = builder.as_dataset(
     split=shard, shuffle_files=False, read_config=read_config
   ).map(_select_image)
+  if shard_size * 4 * math.prod(shape) <= MAX_CACHED_TRAIN_BYTES:
+    # Decode a small shard once and keep it in memory. The cache holds the
+    # file order, so every epoch still shuffles the same sequence.
+    examples = examples.cache()
 
   def epoch(number):
     # Any distinct pair (seed, epoch) gives its own order, up to 1,000,003
