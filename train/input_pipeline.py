@@ -243,7 +243,7 @@ def train_batches(
     split=shard, shuffle_files=False, read_config=read_config
   ).map(_select_image)
   if shard_size * 4 * math.prod(shape) <= MAX_CACHED_TRAIN_BYTES:
-    # Decode a small shard once and keep it in memory. The cache holds the
+    # Decode a small shard once and keep it in memory. The cache keeps the
     # file order, so every epoch still shuffles the same sequence.
     examples = examples.cache()
 

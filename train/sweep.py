@@ -163,7 +163,7 @@ def plan(config):
 
 
 def is_finished(run_dir, run_config):
-  """Whether `run_dir` holds a summary at the config's final step."""
+  """Returns whether `run_dir` has a summary at the final step."""
   path = os.path.join(run_dir, trainer.SUMMARY_FILE)
   if not os.path.exists(path):
     return False

@@ -74,6 +74,18 @@ def evaluate(p_eval_step, params, batches):
   return {name: value / count for name, value in totals.items()}
 
 
+def _cached(cache, key, compute):
+  """Returns `cache[key]`, calling `compute()` to fill it on a miss."""
+  if key not in cache:
+    cache[key] = compute()
+  return cache[key]
+
+
+def _data_key(kind, builder, *fields):
+  """Returns a cache key for data read from `builder`."""
+  return (kind, builder.info.full_name, str(builder.data_dir), *fields)
+
+
 def _eval_data(builder, config, cache):
   """Returns `read()`, which gives one pass over this process's eval batches.
 
@@ -82,10 +94,9 @@ def _eval_data(builder, config, cache):
   rebuild the tf.data pipeline. Larger splits are streamed on every pass.
   """
   split = config.data.eval_split
-  key = (
+  key = _data_key(
     'eval_batches',
-    builder.info.full_name,
-    str(builder.data_dir),
+    builder,
     split,
     config.eval_batch_size,
     jax.process_index(),
@@ -105,9 +116,8 @@ def _eval_data(builder, config, cache):
   size *= int(np.prod(input_pipeline.image_shape(builder)))
   if size > MAX_CACHED_EVAL_BYTES:
     return stream
-  if key not in cache:
-    cache[key] = list(stream())
-  return lambda: cache[key]
+  batches = _cached(cache, key, lambda: list(stream()))
+  return lambda: batches
 
 
 def mean_image_psnr(builder, config):
@@ -140,23 +150,16 @@ def mean_image_psnr(builder, config):
 def _grid_images(builder, config, cache):
   """Reads the first `num_grid_images` eval images, [N, H, W, C]."""
   count = config.num_grid_images
-  key = (
-    'grid_images',
-    builder.info.full_name,
-    str(builder.data_dir),
-    config.data.eval_split,
-    count,
-  )
-  if key not in cache:
-    batch = next(
-      iter(
-        input_pipeline.eval_batches(
-          builder, split=config.data.eval_split, batch_size=max(count, 1)
-        )
-      )
+  split = config.data.eval_split
+
+  def read():
+    batches = input_pipeline.eval_batches(
+      builder, split=split, batch_size=max(count, 1)
     )
-    cache[key] = batch['image'][batch['mask']][:count]
-  return cache[key]
+    batch = next(iter(batches))
+    return batch['image'][batch['mask']][:count]
+
+  return _cached(cache, _data_key('grid_images', builder, split, count), read)
 
 
 @dataclasses.dataclass
@@ -271,15 +274,16 @@ def _train_means(records, *, skip):
   Skipped steps are left out of the means and counted in
   `train/skipped_steps` instead.
   """
-  kept = [metrics for _, metrics in records if not metrics[nonfinite.FLAG]]
+  finite = [metrics for _, metrics in records if not metrics[nonfinite.FLAG]]
   names = [name for name in records[0][1] if name != nonfinite.FLAG]
   means = {}
-  if kept:
+  if finite:
     means = {
-      f'train/{name}': float(np.mean([m[name] for m in kept])) for name in names
+      f'train/{name}': float(np.mean([m[name] for m in finite]))
+      for name in names
     }
   if skip:
-    means['train/skipped_steps'] = float(len(records) - len(kept))
+    means['train/skipped_steps'] = float(len(records) - len(finite))
   return means
 
 
@@ -346,10 +350,11 @@ def train_and_evaluate(config, workdir, *, cache=None):
 
   if cache is None:
     cache = {}
-  key = ('programs', program_key(config, image_shape))
-  if key not in cache:
-    cache[key] = build_programs(config, image_shape)
-  programs = cache[key]
+  programs = _cached(
+    cache,
+    ('programs', program_key(config, image_shape)),
+    lambda: build_programs(config, image_shape),
+  )
   model = programs.model
 
   # State. Resume order: build a fresh state from the seed, overwrite it with
@@ -509,16 +514,15 @@ def train_and_evaluate(config, workdir, *, cache=None):
     grid_reconstructions = _reconstruct(
       programs.reconstruct, state.params, grid_images
     )
-  baseline_key = (
+  baseline_key = _data_key(
     'baseline_psnr',
-    builder.info.full_name,
-    str(builder.data_dir),
+    builder,
     config.data.train_split,
     config.data.eval_split,
   )
-  if baseline_key not in cache:
-    cache[baseline_key], _ = mean_image_psnr(builder, config)
-  baseline_psnr = cache[baseline_key]
+  baseline_psnr = _cached(
+    cache, baseline_key, lambda: mean_image_psnr(builder, config)[0]
+  )
   summary = {
     'step': int(steps.unreplicate(state.step)),
     'baseline_psnr': baseline_psnr,
